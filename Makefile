@@ -1,0 +1,32 @@
+# hvdkit: `make demo` runs the main job, `make test` runs every test.
+# Both set up what they need first (scripts/setup.sh is quick once done).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test test-unit test-integration test-parallel check-cuda bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m hvdkit run -np 2 -- $(PY) scripts/demo_allreduce.py
+
+test: setup
+	bash scripts/run_tests.sh
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
+
+test-parallel: setup
+	bash scripts/run_parallel_tests.sh
+
+check-cuda:
+	bash scripts/check_cuda.sh
+
+clean:
+	rm -rf build *.egg-info hvdkit/*.so

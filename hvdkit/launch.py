@@ -1,0 +1,178 @@
+"""Launch a command on N ranks under mpirun or horovodrun.
+
+``hvdkit run -np 4 -- python train.py`` picks the launcher, adds the flags a
+user would otherwise look up (allow-run-as-root only as root, oversubscription
+when N exceeds the local cores, the environment passed to every rank), runs
+the job and returns its exit code.
+"""
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from hvdkit.errors import UsageError
+
+# Variables forwarded to every rank (mpirun only forwards what -x names to
+# remote hosts); any variable starting with one of these prefixes goes too.
+FORWARDED_PREFIXES = ("HVDKIT_", "HOROVOD_", "PYTHON", "OMP_", "NCCL_", "TF_", "CUDA_", "KMP_")
+FORWARDED_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def add_arguments(parser):
+    parser.add_argument("-np", "--num-proc", dest="np", type=int, default=2, help="number of ranks (default 2)")
+    parser.add_argument("-H", "--hosts", default=None,
+                        help="comma-separated host:slots list (default localhost:NP)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--mpi", dest="launcher", action="store_const", const="mpi",
+                       help="launch with mpirun (default when Open MPI is installed)")
+    which.add_argument("--gloo", dest="launcher", action="store_const", const="gloo",
+                       help="launch with horovodrun's Gloo controller")
+    parser.add_argument("--ranks-per-node", type=int, default=None,
+                        help="emulate nodes of K ranks on one host (sets HVDKIT_RANKS_PER_NODE)")
+    parser.add_argument("--dry-run", action="store_true", help="print the launcher command instead of running it")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command each rank runs, after --")
+
+
+def is_root():
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def root_environment():
+    """Open MPI refuses to run as root unless both variables say it is intended."""
+    if not is_root():
+        return {}
+    return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def parse_hosts(hosts, np):
+    """``"a:2,b:2"`` -> [("a", 2), ("b", 2)], checking the slots can hold np ranks."""
+    if hosts is None:
+        return [("localhost", np)]
+    parsed = []
+    for item in hosts.split(","):
+        name, _, slots = item.strip().partition(":")
+        if not name:
+            raise UsageError(f"-H/--hosts: empty host name in {hosts!r}; expected host:slots,...")
+        try:
+            count = int(slots) if slots else 1
+        except ValueError:
+            raise UsageError(f"-H/--hosts: slots {slots!r} of host {name!r} is not an integer") from None
+        if count < 1:
+            raise UsageError(f"-H/--hosts: host {name!r} has {count} slots; slots must be >= 1")
+        parsed.append((name, count))
+    total = sum(count for _, count in parsed)
+    if total < np:
+        raise UsageError(f"-np {np} needs {np} slots but -H {hosts!r} offers {total}")
+    return parsed
+
+
+def is_local(hosts):
+    return all(name in ("localhost", "127.0.0.1") for name, _ in hosts)
+
+
+def default_launcher():
+    return "mpi" if shutil.which("mpirun") else "gloo"
+
+
+def forwarded_names(environ):
+    return sorted(name for name in environ
+                  if name in FORWARDED_NAMES or name.startswith(FORWARDED_PREFIXES))
+
+
+def rank_environment(np, local_cores, environ):
+    """Variables added for every rank: as root, Open MPI's consent; when ranks
+    outnumber cores, one intra-op thread each, so oversubscribed ranks do not
+    fight over the cores (unless the user chose a number)."""
+    env = dict(root_environment())
+    if np > local_cores and "OMP_NUM_THREADS" not in environ:
+        env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def mpirun_command(np, hosts, command, environ, local_cores):
+    cmd = ["mpirun", "-np", str(np), "--bind-to", "none", "--map-by", "slot"]
+    if is_root():
+        cmd.append("--allow-run-as-root")
+    if is_local(hosts):
+        if np > local_cores:
+            cmd.append("--oversubscribe")
+    else:
+        cmd += ["-H", ",".join(f"{name}:{slots}" for name, slots in hosts)]
+    for name in forwarded_names(environ):
+        cmd += ["-x", name]
+    return cmd + list(command)
+
+
+def horovodrun_command(np, hosts, command):
+    host_list = ",".join(f"{name}:{slots}" for name, slots in hosts)
+    return ["horovodrun", "--gloo", "-np", str(np), "-H", host_list] + list(command)
+
+
+def build_command(args, environ):
+    """The launcher command line and the environment to run it with."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given; usage: hvdkit run -np N -- python script.py ...")
+    if args.np < 1:
+        raise UsageError(f"-np must be >= 1, got {args.np}")
+    hosts = parse_hosts(args.hosts, args.np)
+    env = dict(environ)
+    if args.ranks_per_node is not None:
+        if args.ranks_per_node < 1 or args.np % args.ranks_per_node:
+            raise UsageError(f"--ranks-per-node {args.ranks_per_node} must be >= 1 and divide -np {args.np}")
+        env["HVDKIT_RANKS_PER_NODE"] = str(args.ranks_per_node)
+    local_cores = os.cpu_count() or 1
+    env.update(rank_environment(args.np, local_cores, environ))
+    launcher = args.launcher or default_launcher()
+    if launcher == "mpi":
+        if not shutil.which("mpirun"):
+            raise UsageError("--mpi: mpirun not found; install Open MPI (apt-get install openmpi-bin) or use --gloo")
+        return mpirun_command(args.np, hosts, command, env, local_cores), env
+    if not shutil.which("horovodrun"):
+        raise UsageError("--gloo: horovodrun not found; run 'make setup' to install Horovod")
+    return horovodrun_command(args.np, hosts, command), env
+
+
+def run(cmd, env):
+    """Run the launcher in its own process group and pass on its exit code.
+
+    The group lets Ctrl-C or a kill of ``hvdkit run`` take every rank with it
+    instead of leaving orphans.
+    """
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def exit_code(returncode):
+    """A launcher killed by a signal reports 128 + signal, as a shell does."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def main(args):
+    cmd, env = build_command(args, os.environ)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return exit_code(run(cmd, env))
+
+
+if __name__ == "__main__":
+    from hvdkit.cli import main as cli_main
+
+    sys.exit(cli_main(["run"] + sys.argv[1:]))

@@ -1,0 +1,53 @@
+"""``hvdkit run`` starts real ranks and passes on the job's exit code."""
+import sys
+import textwrap
+import time
+
+import pytest
+
+LAUNCHERS = ["--mpi", "--gloo"]
+
+RANK_ONE_FAILS = textwrap.dedent("""
+    import sys
+    import horovod.torch as hvd
+    import torch
+    hvd.init()
+    if hvd.rank() == 1:
+        sys.exit(3)
+    hvd.allreduce(torch.ones(1), name="never.completes")  # rank 1 never joins
+""")
+
+REPORT_RANK = textwrap.dedent("""
+    import os, horovod.torch as hvd
+    hvd.init()
+    with open(os.path.join(os.environ["OUT_DIR"], f"rank{hvd.rank()}"), "w") as f:
+        f.write(f"{hvd.size()} {os.environ['HVDKIT_TEST_MARK']}")
+""")
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_exit_code_of_a_failing_rank_is_passed_on(hvdkit_cli, tmp_path, launcher):
+    script = tmp_path / "fail.py"
+    script.write_text(RANK_ONE_FAILS)
+    started = time.monotonic()
+    result = hvdkit_cli(["run", "-np", "2", launcher, "--", sys.executable, str(script)], timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 exited"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_rank_runs_with_the_callers_environment(hvdkit_cli, tmp_path, launcher):
+    script = tmp_path / "report.py"
+    script.write_text(REPORT_RANK)
+    result = hvdkit_cli(["run", "-np", "2", launcher, "--", sys.executable, str(script)],
+                        env={"OUT_DIR": str(tmp_path), "HVDKIT_TEST_MARK": "marked"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.glob("rank*")) == ["rank0", "rank1"]
+    assert {p.read_text() for p in tmp_path.glob("rank*")} == {"2 marked"}
+
+
+def test_bad_option_exits_2_with_the_option_named(hvdkit_cli):
+    result = hvdkit_cli(["run", "-np", "3", "-H", "localhost:1", "--", "true"])
+    assert result.returncode == 2
+    assert "-np 3 needs 3 slots" in result.stderr
