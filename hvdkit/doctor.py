@@ -80,7 +80,7 @@ def check_mpi(report):
         mpi4py.rc.initialize = False  # only ask the library's version: no MPI_Init here
         from mpi4py import MPI
 
-        report.add("mpi4py library", MPI.Get_library_version().strip().splitlines()[0])
+        report.add("mpi4py library", MPI.Get_library_version().strip("\x00 \n").splitlines()[0])
     except Exception as err:  # noqa: BLE001  (any failure is the finding itself)
         report.require("mpi4py library", f"unavailable ({err})", False, SETUP_FIX)
 

@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
+from hvdkit import rank_status
 from hvdkit.errors import UsageError
 
 # Variables forwarded to every rank (mpirun only forwards what -x names to
@@ -72,8 +74,17 @@ def is_local(hosts):
     return all(name in ("localhost", "127.0.0.1") for name, _ in hosts)
 
 
+def find_tool(name):
+    """A launcher executable: the one installed beside this Python (the venv's
+    ``horovodrun``) first, then PATH. None when neither has it."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which(name)
+
+
 def default_launcher():
-    return "mpi" if shutil.which("mpirun") else "gloo"
+    return "mpi" if find_tool("mpirun") else "gloo"
 
 
 def forwarded_names(environ):
@@ -105,12 +116,18 @@ def mpirun_command(np, hosts, command, environ, local_cores):
     return cmd + list(command)
 
 
-def horovodrun_command(np, hosts, command):
+def horovodrun_command(horovodrun, np, hosts, command):
     host_list = ",".join(f"{name}:{slots}" for name, slots in hosts)
-    return ["horovodrun", "--gloo", "-np", str(np), "-H", host_list] + list(command)
+    return [horovodrun, "--gloo", "-np", str(np), "-H", host_list] + list(command)
 
 
-def build_command(args, environ):
+def with_status_wrapper(command, status_dir):
+    """Each rank runs through ``hvdkit.rank_status``, which records its own
+    exit code, so the launcher can name the first rank that failed."""
+    return [sys.executable, "-m", "hvdkit.rank_status", status_dir, "--"] + list(command)
+
+
+def build_command(args, environ, status_dir=None):
     """The launcher command line and the environment to run it with."""
     command = list(args.command)
     if command and command[0] == "--":
@@ -120,6 +137,8 @@ def build_command(args, environ):
     if args.np < 1:
         raise UsageError(f"-np must be >= 1, got {args.np}")
     hosts = parse_hosts(args.hosts, args.np)
+    if status_dir is not None:
+        command = with_status_wrapper(command, status_dir)
     env = dict(environ)
     if args.ranks_per_node is not None:
         if args.ranks_per_node < 1 or args.np % args.ranks_per_node:
@@ -129,12 +148,13 @@ def build_command(args, environ):
     env.update(rank_environment(args.np, local_cores, environ))
     launcher = args.launcher or default_launcher()
     if launcher == "mpi":
-        if not shutil.which("mpirun"):
+        if not find_tool("mpirun"):
             raise UsageError("--mpi: mpirun not found; install Open MPI (apt-get install openmpi-bin) or use --gloo")
         return mpirun_command(args.np, hosts, command, env, local_cores), env
-    if not shutil.which("horovodrun"):
+    horovodrun = find_tool("horovodrun")
+    if not horovodrun:
         raise UsageError("--gloo: horovodrun not found; run 'make setup' to install Horovod")
-    return horovodrun_command(args.np, hosts, command), env
+    return horovodrun_command(horovodrun, args.np, hosts, command), env
 
 
 def run(cmd, env):
@@ -165,11 +185,17 @@ def exit_code(returncode):
 
 
 def main(args):
-    cmd, env = build_command(args, os.environ)
-    if args.dry_run:
-        print(" ".join(cmd))
-        return 0
-    return exit_code(run(cmd, env))
+    with tempfile.TemporaryDirectory(prefix="hvdkit-run-") as status_dir:
+        cmd, env = build_command(args, os.environ, status_dir)
+        if args.dry_run:
+            print(" ".join(cmd))
+            return 0
+        code = exit_code(run(cmd, env))
+        failure = rank_status.first_failure(status_dir) if code else None
+    if failure is None:
+        return code
+    print(f"hvdkit run: rank {failure['rank']} {rank_status.describe(failure['returncode'])}", file=sys.stderr)
+    return exit_code(failure["returncode"])
 
 
 if __name__ == "__main__":

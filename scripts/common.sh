@@ -19,3 +19,5 @@ mpirun_root_flags() {
 if [ "$(id -u)" = "0" ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
+# TensorFlow's start-up banners drown test and job logs; users may lower this.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -28,18 +28,18 @@ run_case() {  # name, env assignments..., --, launcher command...
 }
 
 pytest_cmd() {  # group
-  echo python -m pytest -q -x --timeout=240 "tests/parallel/$1"
+  echo python -m pytest -q -x --color=no --timeout=240 "tests/parallel/$1"
 }
 
 for group in torch tensorflow; do
   [ -n "$only" ] && [ "$only" != "$group" ] && continue
   compgen -G "tests/parallel/$group/test_*.py" > /dev/null || continue
   run_case "$group mpirun -np 1" HVDKIT_TEST_LAUNCHER=mpi -- \
-    mpirun $(mpirun_root_flags) -np 1 $(pytest_cmd $group)
+    mpirun $(mpirun_root_flags) --tag-output -np 1 $(pytest_cmd $group)
   run_case "$group mpirun -np 2" HVDKIT_TEST_LAUNCHER=mpi -- \
-    mpirun $(mpirun_root_flags) -np 2 $(pytest_cmd $group)
+    mpirun $(mpirun_root_flags) --tag-output -np 2 $(pytest_cmd $group)
   run_case "$group mpirun -np 4 (2 emulated nodes)" HVDKIT_TEST_LAUNCHER=mpi HVDKIT_RANKS_PER_NODE=2 -- \
-    mpirun $(mpirun_root_flags) --oversubscribe -x HVDKIT_RANKS_PER_NODE -np 4 $(pytest_cmd $group)
+    mpirun $(mpirun_root_flags) --tag-output --oversubscribe -x HVDKIT_RANKS_PER_NODE -np 4 $(pytest_cmd $group)
   run_case "$group horovodrun --gloo -np 2" HVDKIT_TEST_LAUNCHER=gloo -- \
     horovodrun --gloo -np 2 -H localhost:2 $(pytest_cmd $group)
 done

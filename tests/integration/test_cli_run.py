@@ -7,7 +7,15 @@ import pytest
 
 LAUNCHERS = ["--mpi", "--gloo"]
 
-RANK_ONE_FAILS = textwrap.dedent("""
+RANK_ONE_EXITS_3 = textwrap.dedent("""
+    import os, sys, time
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ["HOROVOD_RANK"])
+    if rank == 1:
+        sys.exit(3)
+    time.sleep(120)  # only the launcher's kill ends rank 0 in time
+""")
+
+RANK_ONE_EXITS_IN_HOROVOD = textwrap.dedent("""
     import sys
     import horovod.torch as hvd
     import torch
@@ -25,14 +33,28 @@ REPORT_RANK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_exit_code_of_a_failing_rank_is_passed_on(hvdkit_cli, tmp_path, launcher):
-    script = tmp_path / "fail.py"
-    script.write_text(RANK_ONE_FAILS)
+def run_timed(hvdkit_cli, tmp_path, launcher, source):
+    script = tmp_path / "job.py"
+    script.write_text(source)
     started = time.monotonic()
     result = hvdkit_cli(["run", "-np", "2", launcher, "--", sys.executable, str(script)], timeout=60)
-    elapsed = time.monotonic() - started
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_exit_code_of_a_failing_rank_is_passed_on(hvdkit_cli, tmp_path, launcher):
+    result, elapsed = run_timed(hvdkit_cli, tmp_path, launcher, RANK_ONE_EXITS_3)
     assert result.returncode == 3, result.stdout + result.stderr
+    assert "rank 1 exited with code 3" in result.stderr
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 exited"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_rank_leaving_horovod_ends_the_job(hvdkit_cli, tmp_path, launcher):
+    """Rank 0 waits in an allreduce that rank 1 never joins: the job must still
+    end, with a failure, in bounded time."""
+    result, elapsed = run_timed(hvdkit_cli, tmp_path, launcher, RANK_ONE_EXITS_IN_HOROVOD)
+    assert result.returncode != 0, result.stdout + result.stderr
     assert elapsed < 30, f"the job took {elapsed:.1f} s to end after rank 1 exited"
 
 

@@ -43,3 +43,30 @@ def rank_tensor_values(rank, shape, dtype, seed=1234):
     if np.dtype(dtype).kind in "iu":
         return rng.integers(-1000, 1000, size=shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
+
+
+_FRAMEWORK_OF_FOLDER = {"torch": "horovod.torch", "tensorflow": "horovod.tensorflow"}
+
+
+@pytest.fixture
+def hvd(request):
+    """The Horovod module of the test's folder (torch/ or tensorflow/),
+    initialised through ``hvdkit.topology.init`` so hvdkit's process sets exist."""
+    import importlib
+
+    from hvdkit import topology
+
+    folder = request.path.parent.name
+    if folder not in _FRAMEWORK_OF_FOLDER:
+        raise RuntimeError(f"the hvd fixture serves tests under tests/parallel/torch or tensorflow, not {folder}/")
+    module = importlib.import_module(_FRAMEWORK_OF_FOLDER[folder])
+    topology.init(module)
+    return module
+
+
+@pytest.fixture
+def topo(hvd):
+    """This rank's ``hvdkit.topology.Topology`` (Horovod initialised)."""
+    from hvdkit import topology
+
+    return topology.current()

@@ -20,7 +20,7 @@ def build(argv, environ=None):
 @pytest.fixture(autouse=True)
 def two_cores_with_both_launchers(monkeypatch):
     monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(launch.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(launch, "find_tool", lambda name: f"/usr/bin/{name}")
 
 
 def test_mpirun_oversubscribes_only_beyond_local_cores():
@@ -55,7 +55,7 @@ def test_environment_is_forwarded_to_remote_ranks():
 
 def test_gloo_uses_horovodrun_with_hosts():
     cmd, _ = build(["-np", "2", "--gloo", "--", "python", "s.py"])
-    assert cmd[:6] == ["horovodrun", "--gloo", "-np", "2", "-H", "localhost:2"]
+    assert cmd[:6] == ["/usr/bin/horovodrun", "--gloo", "-np", "2", "-H", "localhost:2"]
 
 
 def test_ranks_per_node_sets_the_emulation_variable():
@@ -76,6 +76,6 @@ def test_bad_values_name_the_option(argv, message):
 
 
 def test_missing_launcher_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    monkeypatch.setattr(launch, "find_tool", lambda name: None)
     with pytest.raises(UsageError, match="mpirun not found"):
         build(["--mpi", "--", "x"])
