@@ -12,7 +12,9 @@ from hvdkit.errors import UsageError
 
 # name -> (module, one-line help)
 COMMANDS = {
+    "train": ("hvdkit.train", "train a model on N ranks (the main job)"),
     "run": ("hvdkit.launch", "launch a script on N ranks under mpirun or horovodrun"),
+    "bench": ("hvdkit.bench", "run a benchmark from benchmarks/ by name"),
     "doctor": ("hvdkit.doctor", "report versions and what Horovod and hvdkit were built with"),
 }
 

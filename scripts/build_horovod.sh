@@ -16,11 +16,20 @@ CACHE_ROOT="${HVDKIT_CACHE_DIR:-$HOME/.cache/hvdkit}"
 read -r TORCH_VERSION TORCH_CUDA TF_VERSION PY_TAG < <(python - <<'PY'
 import sys, importlib.metadata as md
 import torch
-print(torch.__version__.split("+")[0], torch.version.cuda or "cpu",
-      md.version("tensorflow-cpu") if any(d.metadata["Name"] == "tensorflow-cpu" for d in md.distributions()) else md.version("tensorflow"),
+
+def tf_version():
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    sys.exit("hvdkit setup: error: TensorFlow is not installed in the venv (requirements.txt names tensorflow-cpu)")
+
+print(torch.__version__.split("+")[0], torch.version.cuda or "cpu", tf_version(),
       f"py{sys.version_info.major}{sys.version_info.minor}")
 PY
 )
+[ -n "${PY_TAG:-}" ] || die "could not read the torch and TensorFlow versions from the venv"
 
 # A GPU build needs a CUDA build of torch and either a visible GPU or
 # HVDKIT_FORCE_GPU_BUILD=1 (image builds, which normally see no GPU).

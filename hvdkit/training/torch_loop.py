@@ -1,0 +1,188 @@
+"""The PyTorch training loop behind ``hvdkit train``.
+
+Every rank builds the same model from the seed, reads its own shard of the
+data (:mod:`hvdkit.sharding`), and either averages gradients every step
+through hvdkit's ``DistributedOptimizer`` (with the chosen compression and
+hierarchy) or, with ``--average-every H``, steps locally and averages the
+model every H steps (:mod:`hvdkit.averaging`). Loss and test accuracy are
+averaged across ranks; rank 0 prints and logs them.
+"""
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hvdkit import averaging, checkpoint, sharding
+from hvdkit.training import data as datasets
+from hvdkit.training import metrics, torch_models
+
+
+class EpochTotals:
+    """What one epoch accumulates on this rank, summed across ranks at its end."""
+
+    __slots__ = ("loss_sum", "steps", "samples", "seconds", "bytes_sent", "dense_bytes")
+
+    def __init__(self):
+        self.loss_sum = 0.0  # sum of per-step mean losses
+        self.steps = 0
+        self.samples = 0  # training samples this rank processed
+        self.seconds = 0.0  # wall time in training steps (evaluation excluded)
+        self.bytes_sent = 0  # payload bytes this rank put on the wire
+        self.dense_bytes = 0  # bytes an uncompressed exchange would have sent
+
+
+def batches(indices, batch_size):
+    for start in range(0, len(indices), batch_size):
+        yield indices[start:start + batch_size]
+
+
+def evaluate(model, x, y, hvd, topology):
+    """Test accuracy over the whole test set, each rank scoring its own part."""
+    mine = sharding.shard_indices(len(y), topology.rank, topology.size, shuffle=False, remainder="uneven")
+    model.eval()
+    with torch.no_grad():
+        correct = (model(x[mine]).argmax(dim=1) == y[mine]).sum().item() if len(mine) else 0
+    model.train()
+    totals = hvd.allreduce(torch.tensor([float(correct), float(len(mine))], dtype=torch.float64),
+                           op=hvd.Sum, name="hvdkit.train.eval")
+    return (totals[0] / totals[1]).item()
+
+
+def make_optimizer(config, model, hvd, topology):
+    """(optimizer, averager): gradients averaged every step, or local steps
+    with the model averaged every ``--average-every`` steps."""
+    base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    if config.average_every:
+        return base, averaging.PeriodicAverager(period=config.average_every, hvd=hvd, topology=topology)
+    optimizer = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
+                                         compression=config.compression, hierarchical=config.hierarchical)
+    return optimizer, None
+
+
+def step_traffic(optimizer, model):
+    """(bytes this rank sent, bytes a dense fp32 exchange would send) for the last step."""
+    report = getattr(optimizer, "last_step_stats", None)
+    if report is not None and report() is not None:
+        stats = report()
+        return stats.bytes_sent, stats.dense_bytes
+    return 0, 0
+
+
+def averaging_traffic(model, scope):
+    """Bytes one model average puts on the wire per rank (fp32, one allreduce)."""
+    if scope is None:
+        return 0
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def train_epoch(epoch, config, model, optimizer, averager, x, y, hvd, topology):
+    totals = EpochTotals()
+    indices = sharding.shard_indices(len(y), topology.rank, topology.size, epoch=epoch, seed=config.seed,
+                                     remainder="pad")
+    steps = -(-len(indices) // config.batch_size)
+    dense_model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    for batch in metrics.progress(batches(indices, config.batch_size), steps, topology.rank, f"epoch {epoch}"):
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+        if averager is not None:
+            totals.bytes_sent += averaging_traffic(model, averager.step(list(model.parameters())))
+            totals.dense_bytes += dense_model_bytes
+        else:
+            sent, dense = step_traffic(optimizer, model)
+            totals.bytes_sent += sent
+            totals.dense_bytes += dense
+        totals.seconds += time.perf_counter() - started
+        totals.loss_sum += loss.item()
+        totals.steps += 1
+        totals.samples += len(batch)
+    return totals
+
+
+def epoch_record(epoch, totals, accuracy, hvd, topology):
+    summed = hvd.allreduce(torch.tensor([totals.loss_sum / max(totals.steps, 1), totals.samples,
+                                         totals.seconds, totals.bytes_sent, totals.dense_bytes],
+                                        dtype=torch.float64), op=hvd.Sum, name="hvdkit.train.epoch")
+    loss, samples, seconds, sent, dense = summed.tolist()
+    seconds_per_rank = seconds / topology.size
+    return {
+        "epoch": epoch,
+        "loss": loss / topology.size,
+        "test_accuracy": accuracy,
+        "samples_per_sec": samples / seconds_per_rank if seconds_per_rank else 0.0,
+        "samples_per_sec_per_rank": samples / seconds_per_rank / topology.size if seconds_per_rank else 0.0,
+        "bytes_per_step": sent / topology.size / max(totals.steps, 1),
+        "compression_ratio": dense / sent if sent else 1.0,
+        "world_size": topology.size,
+        "steps": totals.steps,
+    }
+
+
+def restore(config, model, optimizer, averager):
+    """Load the newest checkpoint (every rank reads the same file); the epoch to start at."""
+    if not config.checkpoint:
+        return 0
+    state = checkpoint.load_latest(config.checkpoint)
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if averager is not None and "averager" in state:
+        averager.load_state_dict(state["averager"])
+    return state["epoch"] + 1
+
+
+def save(config, epoch, model, optimizer, averager, topology):
+    if not config.checkpoint or topology.rank != 0:
+        return
+    payload = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "config": vars(config)}
+    if averager is not None:
+        payload["averager"] = averager.state_dict()
+    checkpoint.save(config.checkpoint, epoch, payload)
+
+
+def train(config):
+    import hvdkit.torch as hvd
+
+    hvd.init()
+    from hvdkit import topology as topology_module
+
+    topology = topology_module.current()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    dataset = datasets.load(config.dataset, config.seed)
+    x_train, y_train = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
+    x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
+    model = torch_models.build(config.model, dataset.input_shape, dataset.num_classes)
+    optimizer, averager = make_optimizer(config, model, hvd, topology)
+    if config.checkpoint and topology.rank == 0:
+        checkpoint.clean_stale(config.checkpoint)
+    first_epoch = restore(config, model, optimizer, averager)
+    hvd.broadcast_state(model, optimizer, root_rank=0)
+    writer = metrics.MetricsWriter(config.log_dir) if topology.rank == 0 else None
+    if topology.rank == 0:
+        print(f"hvdkit train: {config.model} on {config.dataset} ({dataset.describe()}), "
+              f"{topology.size} ranks on {topology.num_nodes} node(s), compression {config.compression}"
+              + (f", model averaged every {config.average_every} steps" if config.average_every else ""),
+              flush=True)
+    record = None
+    for epoch in range(first_epoch, config.epochs):
+        totals = train_epoch(epoch, config, model, optimizer, averager, x_train, y_train, hvd, topology)
+        if averager is not None:
+            averaging.average_parameters(list(model.parameters()), "world", hvd, topology)
+        accuracy = evaluate(model, x_test, y_test, hvd, topology)
+        record = epoch_record(epoch, totals, accuracy, hvd, topology)
+        save(config, epoch, model, optimizer, averager, topology)
+        if writer is not None:
+            writer.write(record)
+            print(metrics.format_epoch(record), flush=True)
+    if writer is not None:
+        writer.close()
+        if record is not None:
+            print(f"hvdkit train: final test accuracy {100 * record['test_accuracy']:.2f}% "
+                  f"(metrics in {writer.path})", flush=True)
+    return 0
