@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+import types
 
 
 def rank_tag(rank):
@@ -39,6 +40,11 @@ class MetricsWriter:
 
 
 def _tensorboard_writer(log_dir):
+    if "tensorflow" not in sys.modules:
+        # TensorBoard's writer imports all of TensorFlow (seconds, and its
+        # banners on every rank) unless its documented no-TensorFlow switch,
+        # the module ``tensorboard.compat.notf``, exists.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

@@ -60,20 +60,10 @@ def make_optimizer(config, model, hvd, topology):
     return optimizer, None
 
 
-def step_traffic(optimizer, model):
-    """(bytes this rank sent, bytes a dense fp32 exchange would send) for the last step."""
-    report = getattr(optimizer, "last_step_stats", None)
-    if report is not None and report() is not None:
-        stats = report()
-        return stats.bytes_sent, stats.dense_bytes
-    return 0, 0
-
-
-def averaging_traffic(model, scope):
-    """Bytes one model average puts on the wire per rank (fp32, one allreduce)."""
-    if scope is None:
-        return 0
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def step_traffic(optimizer):
+    """(payload bytes this rank sent, bytes of the dense gradients they replaced) in the last step."""
+    stats = optimizer.last_step_stats
+    return (stats.bytes_sent, stats.dense_bytes) if stats is not None else (0, 0)
 
 
 def train_epoch(epoch, config, model, optimizer, averager, x, y, hvd, topology):
@@ -81,7 +71,7 @@ def train_epoch(epoch, config, model, optimizer, averager, x, y, hvd, topology):
     indices = sharding.shard_indices(len(y), topology.rank, topology.size, epoch=epoch, seed=config.seed,
                                      remainder="pad")
     steps = -(-len(indices) // config.batch_size)
-    dense_model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     for batch in metrics.progress(batches(indices, config.batch_size), steps, topology.rank, f"epoch {epoch}"):
         started = time.perf_counter()
         optimizer.zero_grad()
@@ -89,10 +79,11 @@ def train_epoch(epoch, config, model, optimizer, averager, x, y, hvd, topology):
         loss.backward()
         optimizer.step()
         if averager is not None:
-            totals.bytes_sent += averaging_traffic(model, averager.step(list(model.parameters())))
-            totals.dense_bytes += dense_model_bytes
+            # A model average sends the fp32 model once; a dense step would have sent the gradients.
+            totals.bytes_sent += model_bytes if averager.step(list(model.parameters())) else 0
+            totals.dense_bytes += model_bytes
         else:
-            sent, dense = step_traffic(optimizer, model)
+            sent, dense = step_traffic(optimizer)
             totals.bytes_sent += sent
             totals.dense_bytes += dense
         totals.seconds += time.perf_counter() - started
