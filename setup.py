@@ -22,8 +22,10 @@ def _extensions():
     from torch.utils import cpp_extension
 
     # Portable baseline: wider instruction sets are chosen at run time inside
-    # the kernels, never with -march=native (images run on other CPUs).
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-DHVDKIT_TORCH_BINDING"]
+    # the kernels (csrc/cpu/isa/), never with -march=native (images run on
+    # other CPUs). No FMA contraction and no fast-math: kernels must match
+    # their pure-torch references bit for bit.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-DHVDKIT_TORCH_BINDING"]
     sources = _sources("core/**/*.cpp") + _sources("cpu/**/*.cpp") + _sources("torch/**/*.cpp")
     use_cuda = (
         torch.version.cuda is not None
@@ -40,7 +42,8 @@ def _extensions():
     if use_cuda:
         kwargs["sources"] += _sources("cuda/**/*.cu")
         kwargs["extra_compile_args"]["cxx"].append("-DHVDKIT_WITH_CUDA")
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "-DHVDKIT_WITH_CUDA", "--use_fast_math"]
+        # --fmad=false and no --use_fast_math for the same bit-exactness reason.
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "-DHVDKIT_WITH_CUDA", "--fmad=false"]
         return [cpp_extension.CUDAExtension(**kwargs)], cpp_extension.BuildExtension
     return [cpp_extension.CppExtension(**kwargs)], cpp_extension.BuildExtension
 

@@ -1,0 +1,96 @@
+// Blockwise absmax int8 on the GPU: one thread block per quantization block
+// (grid-stride over blocks), absmax by block reduction, then quantize; the
+// second read of the block hits L2.
+#include "core/counter_hash.h"
+#include "core/cuda_ops.h"
+#include "core/layout.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/launch.cuh"
+
+namespace hvdkit::cuda {
+namespace {
+
+__device__ __forceinline__ int8_t quantize_one(float x, float inverse, bool stochastic, uint32_t key, int64_t index) {
+  const float v = x * inverse;
+  const float rounded = stochastic ? floorf(v + uniform01(key, static_cast<uint32_t>(index))) : rintf(v);
+  return static_cast<int8_t>(static_cast<int32_t>(fminf(fmaxf(rounded, -127.0f), 127.0f)));
+}
+
+__global__ void quantize_int8_kernel(const float* x, int64_t n, int64_t block, int64_t blocks, bool stochastic,
+                                     uint32_t key, int8_t* q, float* scales) {
+  __shared__ float shared[32];
+  for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
+    const int64_t begin = b * block;
+    const int64_t end = begin + block < n ? begin + block : n;
+    float magnitude = 0.0f;
+    bool bad = false;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      const float v = x[i];
+      bad = bad || !is_finite_value(v);
+      magnitude = fmaxf(magnitude, fabsf(v));
+    }
+    bad = __syncthreads_or(bad);
+    const float absmax = block_reduce(magnitude, MaxOp{}, 0.0f, shared);
+    if (bad) {  // a NaN scale makes the whole block decode to NaN
+      if (threadIdx.x == 0) scales[b] = __uint_as_float(0x7fc00000u);
+      for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) q[i] = 0;
+      continue;
+    }
+    if (threadIdx.x == 0) scales[b] = absmax / 127.0f;
+    const float ratio = 127.0f / absmax;
+    const float inverse = absmax > 0.0f && is_finite_value(ratio) ? ratio : 0.0f;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      q[i] = quantize_one(x[i], inverse, stochastic, key, i);
+    }
+  }
+}
+
+// Four elements per thread: one char4 load and one float4 store.
+__global__ void dequantize_int8_kernel(const int8_t* q, const float* scales, int64_t n, int64_t block,
+                                       float* out, bool accumulate, bool vector) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * 4;
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4; i < n; i += stride) {
+    if (vector && i + 4 <= n) {
+      const char4 codes = *reinterpret_cast<const char4*>(q + i);
+      const float c[4] = {static_cast<float>(codes.x), static_cast<float>(codes.y), static_cast<float>(codes.z),
+                          static_cast<float>(codes.w)};
+      float4 v = accumulate ? *reinterpret_cast<const float4*>(out + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+      float r[4] = {v.x, v.y, v.z, v.w};
+      for (int j = 0; j < 4; ++j) {
+        const float decoded = c[j] * scales[static_cast<uint32_t>(i + j) / static_cast<uint32_t>(block)];
+        r[j] = accumulate ? r[j] + decoded : decoded;
+      }
+      *reinterpret_cast<float4*>(out + i) = make_float4(r[0], r[1], r[2], r[3]);
+    } else {
+      for (int64_t j = i; j < i + 4 && j < n; ++j) {
+        const float decoded = static_cast<float>(q[j]) * scales[static_cast<uint32_t>(j) / static_cast<uint32_t>(block)];
+        out[j] = accumulate ? out[j] + decoded : decoded;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void quantize_int8(const float* x, int64_t n, int64_t block, bool stochastic, uint64_t seed, int8_t* q,
+                   float* scales, cudaStream_t stream) {
+  const int64_t blocks = num_blocks(n, block);
+  if (blocks == 0) return;
+  const uint32_t key = stream_key(seed, RandomStream::kStochasticRounding);
+  const int threads = block >= 256 ? 256 : 64;
+  quantize_int8_kernel<<<grid_for(blocks * threads, threads), threads, 0, stream>>>(x, n, block, blocks, stochastic,
+                                                                                      key, q, scales);
+  check_launch("quantize_int8_kernel");
+}
+
+void dequantize_int8(const int8_t* q, const float* scales, int64_t n, int64_t block, float* out, bool accumulate,
+                     cudaStream_t stream) {
+  if (n == 0) return;
+  const bool vector = aligned_to(q, 4) && aligned_to(out, 16);
+  const int64_t row = block < n ? block : n;  // same blocks; keeps the index maths in 32 bits
+  dequantize_int8_kernel<<<grid_for((n + 3) / 4), kThreads, 0, stream>>>(q, scales, n, row, out, accumulate,
+                                                                         vector);
+  check_launch("dequantize_int8_kernel");
+}
+
+}  // namespace hvdkit::cuda

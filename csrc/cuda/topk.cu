@@ -1,0 +1,290 @@
+// Top-k with error feedback on the GPU.
+//
+// Exact: radix select on 31-bit magnitude keys in three histogram levels
+// (11 + 11 + 9 bits), the first fused with c = x + residual, then one
+// selection pass; ties at the threshold take tickets, so exactly k are taken.
+// Approximate: the threshold comes from a stratified sample (radix-selected
+// inside one thread block), then ONE fused pass selects and updates the
+// residual, capped at k; if fewer than the floor passed, up to two fix-up
+// passes with lower thresholds top it up. Nothing here synchronizes with the
+// host: the count is written to device memory.
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/counter_hash.h"
+#include "core/cuda_ops.h"
+#include "core/float_bits.h"
+#include "core/layout.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/launch.cuh"
+
+namespace hvdkit::cuda {
+namespace {
+
+constexpr int kBins = 2048;
+constexpr int kPickThreads = 1024;
+constexpr int kLevels = 3;  // key bits 30..20, 19..9, 8..0
+constexpr int64_t kSampleRun = 32;
+constexpr int64_t kMaxSampleRuns = 2048;
+constexpr int64_t kMaxSamples = kSampleRun * kMaxSampleRuns;
+constexpr uint32_t kSampleSalt = 0x5eed7a11u;
+constexpr uint32_t kNoBin = 0xffffffffu;
+
+struct TopkState {
+  uint32_t prefix;       // key bits decided so far (the full threshold key at the end)
+  int32_t need;          // entries still to take at or below the current prefix
+  int32_t count;         // output slots reserved
+  int32_t ties_taken;    // tickets handed to entries equal to the threshold
+  uint32_t threshold;    // approximate: take keys >= threshold
+  uint32_t fallback;     // approximate: lower threshold for the first fix-up
+};
+
+struct TopkWorkspace {
+  TopkState state;
+  uint32_t hist[kBins];
+  uint32_t sample[kMaxSamples];
+};
+
+using PickScan = cub::BlockScan<uint32_t, kPickThreads>;
+
+struct BinChoice {
+  uint32_t bin;
+  uint32_t above;
+};
+
+// The bin (of `bins`, counts in descending bin order) holding the need-th
+// largest entry, and how many entries lie in higher bins. All kPickThreads
+// threads call it.
+__device__ void find_bin(const uint32_t* counts, int bins, uint32_t need, PickScan::TempStorage& temp,
+                         BinChoice* choice) {
+  const int high = bins - 1 - 2 * static_cast<int>(threadIdx.x);
+  const int low = high - 1;
+  const uint32_t high_count = high >= 0 ? counts[high] : 0;
+  const uint32_t low_count = low >= 0 ? counts[low] : 0;
+  uint32_t before = 0;
+  PickScan(temp).ExclusiveSum(high_count + low_count, before);
+  if (high >= 0 && before < need && need <= before + high_count) {
+    *choice = {static_cast<uint32_t>(high), before};
+  } else if (low >= 0 && before + high_count < need && need <= before + high_count + low_count) {
+    *choice = {static_cast<uint32_t>(low), before + high_count};
+  }
+  __syncthreads();
+}
+
+__host__ __device__ constexpr int level_bits(int level) { return level == 2 ? 9 : 11; }
+__host__ __device__ constexpr int level_shift(int level) { return level == 0 ? 20 : (level == 1 ? 9 : 0); }
+
+__device__ __forceinline__ uint32_t level_bin(uint32_t key, int level, uint32_t prefix) {
+  const int shift = level_shift(level);
+  const int bits = level_bits(level);
+  if ((key >> (shift + bits)) != prefix) return kNoBin;
+  return (key >> shift) & ((1u << bits) - 1u);
+}
+
+// Adds to a shared histogram with one atomic per group of equal lanes.
+__device__ __forceinline__ void count_bin(uint32_t* hist, uint32_t bin) {
+  const unsigned active = __activemask();
+  const unsigned peers = __match_any_sync(active, bin);
+  if (bin != kNoBin && static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+}
+
+__global__ void init_state_kernel(TopkWorkspace* ws, int32_t k) {
+  ws->state = TopkState{0u, k, 0, 0, 0u, 0u};
+}
+
+// One histogram level over c; with x non-null (level 0) also c = x + residual.
+__global__ void histogram_kernel(const float* x, float* residual, int64_t n, TopkWorkspace* ws, int level) {
+  __shared__ uint32_t hist[kBins];
+  for (int b = threadIdx.x; b < kBins; b += blockDim.x) hist[b] = 0;
+  __syncthreads();
+  const uint32_t prefix = ws->state.prefix;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float c = residual[i];
+    if (x != nullptr) {
+      c = x[i] + c;
+      residual[i] = c;
+    }
+    count_bin(hist, level_bin(magnitude_key(c), level, prefix));
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
+    if (hist[b] != 0) atomicAdd(&ws->hist[b], hist[b]);
+  }
+}
+
+// Fixes the next key bits from the level's histogram, then clears it.
+__global__ void __launch_bounds__(kPickThreads) pick_bin_kernel(TopkWorkspace* ws, int level) {
+  __shared__ PickScan::TempStorage temp;
+  __shared__ BinChoice choice;
+  find_bin(ws->hist, 1 << level_bits(level), static_cast<uint32_t>(ws->state.need), temp, &choice);
+  if (threadIdx.x == 0) {
+    ws->state.prefix = (ws->state.prefix << level_bits(level)) | choice.bin;
+    ws->state.need -= static_cast<int32_t>(choice.above);
+  }
+  for (int b = threadIdx.x; b < kBins; b += blockDim.x) ws->hist[b] = 0;
+}
+
+// Takes keys above the threshold and `need` tickets' worth of ties.
+__global__ void exact_select_kernel(float* residual, int64_t n, TopkWorkspace* ws, int32_t* indices,
+                                    float* values) {
+  const uint32_t threshold = ws->state.prefix;
+  const int32_t ties = ws->state.need;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float c = residual[i];
+    const uint32_t key = magnitude_key(c);
+    const int32_t ticket = reserve_slot(&ws->state.ties_taken, key == threshold);
+    const bool take = key > threshold || (ticket >= 0 && ticket < ties);
+    const int32_t slot = reserve_slot(&ws->state.count, take);
+    if (take) {
+      indices[slot] = static_cast<int32_t>(i);
+      values[slot] = c;
+      residual[i] = 0.0f;
+    }
+  }
+}
+
+// Sample keys of c = x + residual: one run of kSampleRun entries at a
+// pseudo-random place in each of `runs` equal strata (or every entry).
+__global__ void sample_kernel(const float* x, const float* residual, int64_t n, int64_t runs, uint32_t* sample,
+                              int64_t samples) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < samples; t += stride) {
+    int64_t at = t;
+    if (runs > 0) {
+      const int64_t run = t / kSampleRun;
+      const int64_t begin = run * n / runs;
+      const int64_t room = (run + 1) * n / runs - begin - kSampleRun + 1;
+      at = begin + static_cast<int64_t>(mix32(static_cast<uint32_t>(run) ^ kSampleSalt) % room) + t % kSampleRun;
+    }
+    sample[t] = magnitude_key(x[at] + residual[at]);
+  }
+}
+
+// The rank-th largest of the sample keys (1-based), by radix select in one
+// thread block.
+__device__ uint32_t sample_key_of_rank(const uint32_t* sample, int64_t samples, uint32_t rank, uint32_t* hist,
+                                       PickScan::TempStorage& temp, BinChoice* choice) {
+  uint32_t prefix = 0;
+  uint32_t need = rank;
+  for (int level = 0; level < kLevels; ++level) {
+    for (int b = threadIdx.x; b < kBins; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < samples; i += blockDim.x) count_bin(hist, level_bin(sample[i], level, prefix));
+    __syncthreads();
+    find_bin(hist, 1 << level_bits(level), need, temp, choice);
+    prefix = (prefix << level_bits(level)) | choice->bin;
+    need -= choice->above;
+    __syncthreads();
+  }
+  return prefix;
+}
+
+__global__ void __launch_bounds__(kPickThreads) sample_threshold_kernel(TopkWorkspace* ws, int64_t samples,
+                                                                        uint32_t rank, uint32_t fallback_rank) {
+  __shared__ uint32_t hist[kBins];
+  __shared__ PickScan::TempStorage temp;
+  __shared__ BinChoice choice;
+  const uint32_t threshold = sample_key_of_rank(ws->sample, samples, rank, hist, temp, &choice);
+  const uint32_t fallback = sample_key_of_rank(ws->sample, samples, fallback_rank, hist, temp, &choice);
+  if (threadIdx.x == 0) {
+    ws->state.threshold = threshold;
+    ws->state.fallback = fallback;
+  }
+}
+
+// Takes entries with key >= threshold into free slots below k; the rest stays
+// in the residual. `first` pass: c = x + residual; fix-up passes (x null) run
+// only while fewer than `floor` were taken, with a lower threshold (at least
+// 1, so entries already taken, now 0, are never taken twice).
+__global__ void approx_select_kernel(const float* x, float* residual, int64_t n, TopkWorkspace* ws, int32_t k,
+                                     int32_t floor, int pass, int32_t* indices, float* values) {
+  uint32_t threshold = ws->state.threshold;
+  if (pass > 0) {
+    if (ws->state.count >= floor) return;
+    threshold = pass == 1 ? max(ws->state.fallback, 1u) : 1u;
+  }
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float c = residual[i];
+    if (pass == 0) c = x[i] + c;
+    const bool passes = magnitude_key(c) >= threshold;
+    const int32_t slot = reserve_slot(&ws->state.count, passes);
+    const bool take = passes && slot < k;
+    if (take) {
+      indices[slot] = static_cast<int32_t>(i);
+      values[slot] = c;
+    }
+    if (take || pass == 0) residual[i] = take ? 0.0f : c;
+  }
+}
+
+__global__ void write_count_kernel(const TopkWorkspace* ws, int32_t k, int32_t* count) {
+  *count = min(ws->state.count, k);
+}
+
+void ef_add_only(const float* x, float* residual, int64_t n, TopkWorkspace* ws, cudaStream_t stream) {
+  // Level-0 histogram pass of an empty selection: c = x + residual, nothing else used.
+  histogram_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, residual, n, ws, 0);
+  check_launch("histogram_kernel");
+}
+
+void exact_topk(const float* x, float* residual, int64_t n, TopkWorkspace* ws, int32_t* indices, float* values,
+                cudaStream_t stream) {
+  for (int level = 0; level < kLevels; ++level) {
+    histogram_kernel<<<grid_for(n), kThreads, 0, stream>>>(level == 0 ? x : nullptr, residual, n, ws, level);
+    check_launch("histogram_kernel");
+    pick_bin_kernel<<<1, kPickThreads, 0, stream>>>(ws, level);
+    check_launch("pick_bin_kernel");
+  }
+  exact_select_kernel<<<grid_for(n), kThreads, 0, stream>>>(residual, n, ws, indices, values);
+  check_launch("exact_select_kernel");
+}
+
+void approx_topk(const float* x, float* residual, int64_t n, int64_t k, TopkWorkspace* ws, int32_t* indices,
+                 float* values, cudaStream_t stream) {
+  const int64_t runs = n > kMaxSamples ? kMaxSampleRuns : 0;
+  const int64_t samples = runs > 0 ? kMaxSamples : n;
+  sample_kernel<<<grid_for(samples), kThreads, 0, stream>>>(x, residual, n, runs, ws->sample, samples);
+  check_launch("sample_kernel");
+  const double expected = static_cast<double>(k) * static_cast<double>(samples) / static_cast<double>(n);
+  const int64_t rank = std::min<int64_t>(samples, std::max<int64_t>(1, std::llround(expected)));
+  const int64_t fallback_rank = std::min<int64_t>(samples, 4 * rank + 16);
+  sample_threshold_kernel<<<1, kPickThreads, 0, stream>>>(ws, samples, static_cast<uint32_t>(rank),
+                                                          static_cast<uint32_t>(fallback_rank));
+  check_launch("sample_threshold_kernel");
+  const int32_t floor = static_cast<int32_t>(topk_approx_floor(k));
+  for (int pass = 0; pass < 3; ++pass) {
+    approx_select_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, residual, n, ws, static_cast<int32_t>(k), floor,
+                                                               pass, indices, values);
+    check_launch("approx_select_kernel");
+  }
+}
+
+}  // namespace
+
+size_t topk_workspace_bytes() { return sizeof(TopkWorkspace); }
+
+void topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool approx, int32_t* indices, float* values,
+             int32_t* count, void* workspace, cudaStream_t stream) {
+  auto* ws = static_cast<TopkWorkspace*>(workspace);
+  init_state_kernel<<<1, 1, 0, stream>>>(ws, static_cast<int32_t>(k));
+  check_launch("init_state_kernel");
+  check_cuda(cudaMemsetAsync(ws->hist, 0, sizeof(ws->hist), stream), "cudaMemsetAsync");
+  if (n > 0) {
+    if (k == 0) {
+      ef_add_only(x, residual, n, ws, stream);
+    } else if (approx) {
+      approx_topk(x, residual, n, k, ws, indices, values, stream);
+    } else {
+      exact_topk(x, residual, n, ws, indices, values, stream);
+    }
+  }
+  write_count_kernel<<<1, 1, 0, stream>>>(ws, static_cast<int32_t>(k), count);
+  check_launch("write_count_kernel");
+}
+
+}  // namespace hvdkit::cuda
