@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m hvdkit run -np 2 -- $(PY) scripts/demo_allreduce.py
+	$(PY) -m hvdkit train
 
 test: setup
 	bash scripts/run_tests.sh
@@ -30,3 +30,6 @@ check-cuda:
 
 clean:
 	rm -rf build *.egg-info hvdkit/*.so
+
+bench: setup
+	$(PY) -m hvdkit bench

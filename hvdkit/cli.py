@@ -19,8 +19,15 @@ COMMANDS = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags print one line naming the flag (``--help`` has the usage), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="hvdkit", description="Data-parallel training on Horovod.")
+    parser = OneLineErrorParser(prog="hvdkit", description="Data-parallel training on Horovod.")
     from hvdkit import __version__
 
     parser.add_argument("--version", action="version", version=f"hvdkit {__version__}")

@@ -4,13 +4,15 @@ import torch
 
 from horovod_cases import HorovodCollectiveCases
 
+from hvdkit import topology
+
 
 class TestTorchHorovodCollectives(HorovodCollectiveCases):
     hvd = horovod.torch
 
     @classmethod
     def setup_class(cls):
-        cls.hvd.init()
+        topology.init(cls.hvd)  # Horovod's init, plus the process sets other test files need
 
     def to_tensor(self, array):
         return torch.from_numpy(array)
