@@ -1,0 +1,27 @@
+"""``onebit``: the sign of ``gradient + residual`` with one scale (mean |value|) per block, gathered.
+
+n/8 bytes of sign bits plus one float32 per block of BLOCK values (option
+``block=``, a multiple of 8, default 1024); scales differ between ranks, so payloads are
+gathered and decoded into one dense sum. Error feedback (``ef=1``, default)
+is what makes 1-bit SGD converge: the residual keeps c - scale*sign(c).
+"""
+from hvdkit.compression import spec
+from hvdkit.compression.base import Compressor
+
+
+class OneBit(Compressor):
+    name = "onebit"
+    summable = False
+    options = {"ef": (spec.flag, True), "block": (spec.block_size, 1024)}
+
+    def compress(self, tensor, state):
+        ops = self.ops
+        residual = state.residual if self.ef else ops.zeros(state.numel, tensor)
+        bits, scales, residual = ops.sign_ef(tensor, residual, self.spec.options["block"])
+        if self.ef:
+            state.residual = residual
+        return (bits, scales), state.numel
+
+    def decompress(self, payload, ctx):
+        bits, scales = payload
+        return self.ops.sign_decode(bits, scales, ctx, self.spec.options["block"])

@@ -1,0 +1,30 @@
+"""``randomk:RATIO``: k = ceil(RATIO * n) values at positions drawn from a seed shared by all ranks.
+
+Every rank picks the same positions (seed from the spec, the bucket and the
+step), so only the values travel and Horovod's allreduce sums them. ``ef=1``
+(default) keeps the values not sent in the residual.
+"""
+from hvdkit.compression import spec
+from hvdkit.compression.base import Compressor
+from hvdkit.compression.seeds import mix
+from hvdkit.compression.topk import count
+
+
+class RandomK(Compressor):
+    name = "randomk"
+    summable = True
+    argument = spec.Argument("RATIO", spec.ratio)
+    options = {"ef": (spec.flag, True), "seed": (spec.non_negative_int, 0)}
+
+    def compress(self, tensor, state):
+        ops = self.ops
+        c = ops.add(tensor, state.residual) if self.ef else tensor
+        seed = mix(self.spec.options["seed"], state.seed, state.steps)
+        indices, values = ops.randomk(c, count(self.spec.arg, state.numel), seed)
+        if self.ef:
+            state.residual = ops.scatter_add(indices, ops.neg(values), c)
+        return (values,), (indices, state.numel)
+
+    def decompress(self, payload, ctx):
+        indices, n = ctx
+        return self.ops.scatter_add(indices, payload[0], self.ops.zeros(n, payload[0]))

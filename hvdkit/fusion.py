@@ -1,0 +1,111 @@
+"""Fused gradient buckets: which tensors share one flat buffer.
+
+Framework-neutral planning over tensor descriptions. Tensors are taken in
+reverse registration order (backward produces the last layers' gradients
+first), and each goes into the open bucket of its kind — same dtype, and
+compressed or dense — until adding it would pass ``fusion_bytes``; then that
+bucket is closed and a new one opened. A tensor larger than the limit gets a
+bucket of its own. ``fusion_bytes=0`` gives one bucket per tensor.
+
+Bucket indices follow the order in which buckets close, which is close to the
+order in which backward fills them. Packing into and out of the flat buffers
+is the framework's job (``hvdkit.ops.pack/unpack`` in torch).
+"""
+import dataclasses
+
+__all__ = ["TensorInfo", "Slot", "Bucket", "plan_buckets", "describe"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """What planning needs to know about one tensor."""
+
+    name: str
+    shape: tuple
+    dtype: str  # e.g. "float32"
+    itemsize: int  # bytes per element
+
+    @property
+    def numel(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One tensor's place in a bucket."""
+
+    index: int  # position of the tensor in registration order
+    name: str
+    shape: tuple
+    offset: int  # first element in the bucket's flat buffer
+    numel: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """Tensors packed into one flat buffer and exchanged together."""
+
+    index: int
+    dtype: str
+    compressed: bool  # whether the compressor runs on it (else it is exchanged dense)
+    slots: tuple  # Slots in packing order (reverse registration order)
+    numel: int
+    nbytes: int
+
+    @property
+    def layout(self):
+        """((offset, shape), ...): what shape-aware compressors (PowerSGD) need."""
+        return tuple((s.offset, s.shape) for s in self.slots)
+
+    @property
+    def indices(self):
+        return tuple(s.index for s in self.slots)
+
+
+def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False):
+    """Buckets for ``tensors`` (TensorInfo in registration order).
+
+    ``compressible(info)`` says whether a tensor goes to compressed buckets;
+    ``fusion_bytes`` caps a bucket's size in bytes (a bigger tensor gets its own).
+    """
+    if fusion_bytes < 0:
+        raise ValueError(f"fusion_bytes must be >= 0, got {fusion_bytes}")
+    buckets = []
+    open_buckets = {}  # (dtype, compressed) -> indices of the tensors in the bucket being filled
+    open_numel = {}  # (dtype, compressed) -> elements in that bucket so far
+
+    def close(key):
+        members = open_buckets.pop(key)
+        del open_numel[key]
+        slots, offset = [], 0
+        for index in members:
+            info = tensors[index]
+            slots.append(Slot(index, info.name, tuple(info.shape), offset, info.numel))
+            offset += info.numel
+        itemsize = tensors[members[0]].itemsize
+        buckets.append(Bucket(len(buckets), key[0], key[1], tuple(slots), offset, offset * itemsize))
+
+    for index in reversed(range(len(tensors))):
+        info = tensors[index]
+        key = (info.dtype, bool(compressible(info)))
+        if key in open_buckets and (open_numel[key] + info.numel) * info.itemsize > fusion_bytes:
+            close(key)
+        open_buckets.setdefault(key, []).append(index)
+        open_numel[key] = open_numel.get(key, 0) + info.numel
+    for key in list(open_buckets):
+        close(key)
+    return buckets
+
+
+def describe(buckets):
+    """One line per bucket, for logs: index, kind, size and the first tensor names."""
+    lines = []
+    for b in buckets:
+        names = ", ".join(s.name for s in b.slots[:3]) + (", ..." if len(b.slots) > 3 else "")
+        kind = "compressed" if b.compressed else "dense"
+        size = f"{b.nbytes / 2**20:.2f} MiB"
+        lines.append(f"bucket {b.index}: {kind} {b.dtype}, {len(b.slots)} tensors, {size} [{names}]")
+    return "\n".join(lines)

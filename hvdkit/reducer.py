@@ -1,0 +1,185 @@
+"""One optimizer's gradient exchange: bucket plan, per-bucket state, launch, wait.
+
+Framework-neutral: the front end (``hvdkit.torch``; later ``hvdkit.tensorflow``)
+tells the Reducer when a bucket's gradients are complete (``launch``), lets it
+advance exchanges from its hooks (``poll``), and collects the reduced buckets
+in ``finish``. The Reducer packs through the framework's ``TensorOps``, picks
+the exchange strategy (``hvdkit.comm``), the compressor (dense during warm-up
+and for buckets of small or unsuitable tensors) and the state of each bucket,
+and applies the policy for non-finite results:
+
+* ``"skip"`` (default): every rank sees the same non-finite result (a rank whose
+  own gradients are not finite poisons its payload), warns, and the front end
+  skips the optimizer update;
+* ``"raise"``: ``FloatingPointError`` on every rank, naming the parameters;
+* ``"pass"``: the non-finite gradients are handed on (e.g. to AMP's GradScaler,
+  which skips the step itself).
+
+In every case error-feedback residuals and PowerSGD's factors keep their last
+finite values.
+"""
+import warnings
+
+from hvdkit import comm, consistency, fusion
+from hvdkit.compression import registry
+from hvdkit.compression.seeds import mix
+from hvdkit.compression.state import BucketState
+from hvdkit.stats import StatsMeter
+
+__all__ = ["NONFINITE_POLICIES", "Reducer", "hierarchical_links"]
+
+NONFINITE_POLICIES = ("skip", "raise", "pass")
+STRATEGIES = {"flat": comm.flat, "sharded": comm.sharded, "replicated": comm.replicated}
+
+
+def hierarchical_links(hvd, topology, hierarchical):
+    """``comm.Links`` for the requested mode: ``True`` uses the node layout whenever it has several
+    nodes of several ranks (emulated nodes included), ``"auto"`` only for real ones, ``False`` never."""
+    if hierarchical not in (True, False, "auto"):
+        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
+    world = comm.Link(hvd.global_process_set, topology.size, topology.rank)
+    use = topology.hierarchical and (hierarchical is True or (hierarchical == "auto" and not topology.emulated))
+    if not use:
+        return comm.Links(world)
+    intra = comm.Link(topology.intra_node_set, topology.local_size, topology.local_rank)
+    cross = comm.Link(topology.cross_node_set, topology.num_nodes, topology.node)
+    return comm.Links(world, intra, cross)
+
+
+class Reducer:
+    """Exchanges the gradients of a fixed list of tensors, bucket by bucket, every step."""
+
+    __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
+                 "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked")
+
+    def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt"):
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                             f"got {nonfinite!r}")
+        self.infos = list(infos)  # fusion.TensorInfo per tensor, registration order
+        self.ops = ops  # the framework's TensorOps
+        self.transport = transport  # runs collectives: comm.HorovodTransport, or the simulator's
+        self.links = links  # process sets: world, and intra/cross in hierarchical mode
+        self.compressor = registry.create(spec, ops)  # the algorithm for compressible buckets
+        self.dense = registry.create("none", ops)  # warm-up and buckets of uncompressed tensors
+        self.spec = self.compressor.spec  # the parsed compression Spec
+        self.nonfinite = nonfinite  # policy for non-finite results (see module docstring)
+        self.name = name  # prefix of this optimizer's Horovod op names
+        self.prescale = 1.0 / links.world.size if average else 1.0  # divide before summing
+        self.buckets = fusion.plan_buckets(self.infos, fusion_bytes, self._compressible)  # fusion.Bucket list
+        self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
+        self.steps = 0  # exchanges finished (optimizer steps synchronised)
+        self.states = {}  # (bucket index, strategy name) -> BucketState
+        self.flights = {}  # bucket index -> comm.Flight of the step in progress
+        self.meter = StatsMeter()  # totals of the step in progress
+        self.last_stats = None  # stats.StepStats of the last finished step
+        self._checked = False  # ranks compared their models (first launch)
+
+    def _compressible(self, info):
+        return (self.compressor.name != "none" and info.dtype == "float32"
+                and info.numel >= self.spec.options["min_numel"] and self.compressor.accepts(info.shape))
+
+    def settings(self):
+        """What must match on every rank besides the tensors."""
+        return {"compression": str(self.spec), "buckets": [b.numel for b in self.buckets],
+                "prescale": self.prescale, "hierarchical": self.links.intra is not None}
+
+    def check_ranks(self):
+        """Once, before the first collective: every rank must have the same tensors and settings."""
+        if not self._checked:
+            description = [(i.name, tuple(i.shape), i.dtype) for i in self.infos]
+            consistency.require_same(description, self.transport.allgather_object, self.settings(),
+                                     where="hvdkit DistributedOptimizer")
+            self._checked = True
+
+    def _route(self, bucket, compressor):
+        """Which strategy carries this bucket: "flat", "sharded" or "replicated" (see hvdkit.comm)."""
+        if self.links.intra is None or bucket.numel < self.links.intra.size:
+            return "flat"
+        return "sharded" if compressor.elementwise else "replicated"
+
+    def _state(self, bucket, route):
+        """The BucketState of this bucket on this route, created on first use."""
+        state = self.states.get((bucket.index, route))
+        if state is None:
+            links = self.links
+            if route == "flat":
+                numel, layout, shard = bucket.numel, bucket.layout, 0
+                peers, peer = links.world.size, links.world.position
+            elif route == "sharded":
+                numel = comm.shares(bucket.numel, links.intra.size)[links.intra.position]
+                layout, peers, peer, shard = (), links.cross.size, links.cross.position, links.intra.position
+            else:
+                numel, layout, shard = bucket.numel, bucket.layout, 0
+                peers, peer = links.cross.size, links.cross.position
+            state = BucketState(numel, layout, peers, peer, seed=mix(bucket.index, shard))
+            self.states[bucket.index, route] = state
+        return state
+
+    def launch(self, bucket_index, tensors):
+        """Pack the bucket's tensors (in the bucket's slot order) and start its exchange."""
+        self.check_ranks()
+        bucket = self.buckets[bucket_index]
+        flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
+        self.meter.bucket(bucket.nbytes)
+        compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
+        compressor = self.compressor if compressed else self.dense
+        route = self._route(bucket, compressor)
+        link = self.links.world if route == "flat" else self.links
+        exchange = STRATEGIES[route](compressor, flat, self._state(bucket, route), link,
+                                     f"hvdkit.{self.name}.b{bucket.index}", self.meter, not nonfinite)
+        self.flights[bucket_index] = comm.Flight(self.transport, exchange)
+
+    def launched(self, bucket_index):
+        return bucket_index in self.flights
+
+    def poll(self):
+        """Advance every exchange in flight without blocking."""
+        for flight in self.flights.values():
+            flight.poll()
+
+    def finish(self, targets=None):
+        """Wait for every launched bucket and unpack it: ``targets(bucket_index)`` gives the tensors to
+        unpack into (torch: the ``.grad`` tensors, written in place); without it the flat buckets are
+        returned. Returns ({bucket index: unpacked tensors or flat bucket}, finite), applies the
+        non-finite policy and records this step's StepStats in ``last_stats``."""
+        results = {}
+        for index in sorted(self.flights):
+            results[index] = self.meter.timed("wait_s", self.flights[index].wait)
+        bad = [index for index, flat in results.items() if not self.ops.all_finite(flat)]
+        if targets is not None:
+            results = {index: self.meter.timed("pack_s", self.ops.unpack, flat, targets(index))
+                       for index, flat in results.items()}
+        self.last_stats = self.meter.finish(self.steps, skipped=bool(bad) and self.nonfinite == "skip")
+        self.flights, self.meter = {}, StatsMeter()
+        self.steps += 1
+        if bad:
+            self._nonfinite(bad)
+        return results, not bad
+
+    def _nonfinite(self, bad):
+        names = [slot.name for index in bad for slot in self.buckets[index].slots]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        message = (f"hvdkit: the averaged gradients of step {self.steps - 1} are not finite (NaN or Inf) "
+                   f"in the buckets holding {shown}")
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message)
+        if self.nonfinite == "skip":
+            warnings.warn(message + "; skipping this optimizer step (error-feedback state kept)",
+                          RuntimeWarning, stacklevel=4)
+
+    def state_dict(self):
+        return {"steps": self.steps, "compression": str(self.spec),
+                "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()}}
+
+    def load_state_dict(self, saved):
+        if saved["compression"] != str(self.spec):
+            raise ValueError(f"checkpoint was saved with compression {saved['compression']!r}, "
+                             f"this optimizer uses {str(self.spec)!r}")
+        self.steps = int(saved["steps"])
+        for key, value in saved["buckets"].items():
+            index, route = key.split(":")
+            if int(index) >= len(self.buckets) or route not in STRATEGIES:
+                raise ValueError(f"checkpoint has compression state for bucket {key!r}; this optimizer has "
+                                 f"{len(self.buckets)} buckets: the model or fusion_mb changed")
+            self._state(self.buckets[int(index)], route).load_dict(value)

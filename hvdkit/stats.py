@@ -1,0 +1,90 @@
+"""What each optimizer step sent: bytes, compression ratio, time in kernels.
+
+A ``StatsMeter`` collects during one step (the exchange code calls ``sent``
+and ``timed``); ``finish`` turns it into an immutable ``StepStats``. Wire
+bytes are estimates of what this rank transmits under Horovod's ring
+algorithms for a group of p ranks and b payload bytes: allreduce 2(p-1)/p*b,
+reduce-scatter (p-1)/p*b, allgather (p-1)*b.
+"""
+import dataclasses
+import time
+
+__all__ = ["StepStats", "StatsMeter", "wire_bytes"]
+
+
+def wire_bytes(kind, nbytes, peers):
+    """Bytes this rank sends for one collective of ``kind`` over ``peers`` ranks."""
+    if peers <= 1:
+        return 0
+    factor = {"allreduce": 2 * (peers - 1) / peers, "allgather": peers - 1, "reducescatter": (peers - 1) / peers}[kind]
+    return int(round(factor * nbytes))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """One optimizer step, as seen by this rank."""
+
+    step: int  # optimizer steps synchronised before this one
+    buckets: int  # buckets exchanged
+    dense_bytes: int  # bytes of the packed gradient buckets exchanged (what dense allreduce would move)
+    bytes_sent: int  # payload bytes this rank handed to collectives (all stages, compressed and dense)
+    wire_bytes: int  # estimated bytes this rank transmitted (ring algorithms; see module docstring)
+    compressed_dense_bytes: int  # dense bytes of the buckets that went through a compressor
+    compressed_bytes: int  # payload bytes those buckets cost instead
+    kernel_ms: float  # time in compress / decompress (error feedback included)
+    pack_ms: float  # time packing gradients into buckets and unpacking results
+    wait_ms: float  # time synchronize() blocked on communication still in flight
+    skipped: bool  # the reduced gradients were not finite (see the optimizer's ``nonfinite``)
+
+    @property
+    def compression_ratio(self):
+        """Dense bytes replaced per payload byte, over the compressed buckets (1.0 when none were)."""
+        return self.compressed_dense_bytes / self.compressed_bytes if self.compressed_bytes else 1.0
+
+    def as_dict(self):
+        return dict(dataclasses.asdict(self), compression_ratio=self.compression_ratio)
+
+
+class StatsMeter:
+    """Running totals for the step in progress."""
+
+    __slots__ = ("buckets", "dense_bytes", "bytes_sent", "wire_bytes", "compressed_dense_bytes",
+                 "compressed_bytes", "kernel_s", "pack_s", "wait_s")
+
+    def __init__(self):
+        self.buckets = 0  # buckets launched
+        self.dense_bytes = 0  # bytes of those buckets packed
+        self.bytes_sent = 0  # payload bytes handed to collectives
+        self.wire_bytes = 0  # estimated bytes on the wire
+        self.compressed_dense_bytes = 0  # dense bytes that went through a compressor
+        self.compressed_bytes = 0  # their payload bytes
+        self.kernel_s = 0.0  # seconds in compressor calls
+        self.pack_s = 0.0  # seconds packing / unpacking
+        self.wait_s = 0.0  # seconds blocked on communication
+
+    def bucket(self, nbytes):
+        self.buckets += 1
+        self.dense_bytes += nbytes
+
+    def sent(self, kind, nbytes, peers, compressed=False):
+        self.bytes_sent += nbytes
+        self.wire_bytes += wire_bytes(kind, nbytes, peers)
+        if compressed:
+            self.compressed_bytes += nbytes
+
+    def compressed_input(self, nbytes):
+        self.compressed_dense_bytes += nbytes
+
+    def timed(self, field, fn, *args):
+        """``fn(*args)``, adding its duration to ``field`` ("kernel_s", "pack_s" or "wait_s")."""
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            setattr(self, field, getattr(self, field) + time.perf_counter() - start)
+
+    def finish(self, step, skipped):
+        return StepStats(step=step, buckets=self.buckets, dense_bytes=self.dense_bytes, bytes_sent=self.bytes_sent,
+                         wire_bytes=self.wire_bytes, compressed_dense_bytes=self.compressed_dense_bytes,
+                         compressed_bytes=self.compressed_bytes, kernel_ms=1e3 * self.kernel_s,
+                         pack_ms=1e3 * self.pack_s, wait_ms=1e3 * self.wait_s, skipped=skipped)

@@ -1,0 +1,275 @@
+"""``DistributedOptimizer``: Horovod's call pattern, with hvdkit's compression, buckets and hierarchy.
+
+Like ``horovod.torch.DistributedOptimizer`` it returns an instance of a
+subclass of the wrapped optimizer's class (so LR schedulers, ``isinstance``
+and checkpoints work), sharing its parameter groups and state. A hook on each
+parameter (``register_post_accumulate_grad_hook``) counts gradients in;
+when the last gradient of a bucket arrives the bucket is packed and its
+exchange starts, overlapping the rest of backward; ``step()`` (or
+``synchronize()``) waits only for what is still in flight, then writes the
+averaged gradients back into ``.grad``.
+"""
+import contextlib
+import inspect
+import itertools
+import warnings
+import weakref
+
+import horovod.torch as hvd
+
+from hvdkit import comm
+from hvdkit import topology as _topology
+from hvdkit.reducer import Reducer, hierarchical_links
+from hvdkit.torch.backend import TorchOps
+from hvdkit.torch.compression import resolve
+from hvdkit.torch.params import named_trainable, tensor_infos
+
+__all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB"]
+
+# Bucket size cap. Smaller buckets start communicating earlier in backward (more overlap) but pay
+# Horovod's per-op latency more often; 25 MB is PyTorch DDP's default and a good middle.
+DEFAULT_FUSION_MB = 25
+
+_ids = itertools.count()  # numbers optimizers in creation order (same on every rank) for op names
+
+
+class _DistributedOptimizer:
+    """Mixed in front of the wrapped optimizer's class (see ``DistributedOptimizer``)."""
+
+    def _hvdkit_setup(self, named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
+                      nonfinite, sparse_as_dense):
+        named = named_trainable(self.param_groups, named_parameters)
+        self._params = [p for _, p in named]  # registration order
+        self._names = [name for name, _ in named]
+        self._index = {id(p): i for i, p in enumerate(self._params)}
+        self.backward_passes_per_step = backward_passes_per_step
+        self.op = op
+        self.sparse_as_dense = sparse_as_dense
+        self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), comm.HorovodTransport(hvd),
+                                _links(hierarchical), fusion_bytes=int(fusion_mb * 2**20),
+                                average=op == hvd.Average, nonfinite=nonfinite, name=f"o{next(_ids)}")
+        self._delay = [backward_passes_per_step] * len(self._params)  # backward passes left per parameter
+        self._missing = [len(b.slots) for b in self._reducer.buckets]  # parameters still to finish per bucket
+        self._synchronized = False  # synchronize() ran since the last step()
+        self._should_synchronize = True  # False inside skip_synchronize()
+        self._skip_update = False  # the last synchronize() found non-finite gradients (policy "skip")
+        hooks = [p.register_post_accumulate_grad_hook(_hook(weakref.ref(self))) for p in self._params]
+        weakref.finalize(self, _remove, hooks)  # a dropped optimizer stops counting gradients
+
+    # --- introspection -------------------------------------------------------
+    @property
+    def compression(self):
+        """The parsed compression Spec in use."""
+        return self._reducer.spec
+
+    @property
+    def buckets(self):
+        """The bucket plan (``hvdkit.fusion.Bucket`` list)."""
+        return self._reducer.buckets
+
+    @property
+    def last_step_stats(self):
+        """``hvdkit.stats.StepStats`` of the last synchronised step (None before the first)."""
+        return self._reducer.last_stats
+
+    # --- gradients in ----------------------------------------------------------
+    def _grad_ready(self, p):
+        index = self._index[id(p)]
+        if self._delay[index] <= 0:
+            raise AssertionError(
+                f"Gradients were computed more than backward_passes_per_step times before call to step() "
+                f"(parameter {self._names[index]!r}). Increase backward_passes_per_step to accumulate gradients "
+                f"locally.")
+        self._delay[index] -= 1
+        if self._delay[index] == 0:
+            bucket = self._reducer.bucket_of[index]
+            self._missing[bucket] -= 1
+            if self._missing[bucket] == 0:
+                self._launch(bucket)
+        self._reducer.poll()
+
+    def _grad(self, index):
+        p = self._params[index]
+        if p.grad is None:  # unused in this backward; other ranks may have used it (as Horovod does)
+            p.grad = p.detach().new_zeros(p.shape)
+        if p.grad.is_sparse:
+            if not self.sparse_as_dense:
+                raise ValueError(f"parameter {self._names[index]!r} has a sparse gradient; pass "
+                                 f"sparse_as_dense=True to DistributedOptimizer to exchange it densely")
+            p.grad = p.grad.to_dense()
+        return p.grad
+
+    def _launch(self, bucket):
+        tensors = [self._grad(slot.index) for slot in self._reducer.buckets[bucket].slots]
+        self._reducer.launch(bucket, tensors)
+
+    def _bucket_grads(self, bucket):
+        return [self._params[slot.index].grad for slot in self._reducer.buckets[bucket].slots]
+
+    # --- Horovod's optimizer interface ------------------------------------------
+    def synchronize(self):
+        """Finish every bucket's exchange and write the averaged gradients into ``.grad``."""
+        reducer = self._reducer
+        for bucket in range(len(reducer.buckets)):
+            if not reducer.launched(bucket):
+                self._launch(bucket)
+        try:
+            _, finite = reducer.finish(self._bucket_grads)
+        finally:
+            self._delay = [self.backward_passes_per_step] * len(self._params)
+            self._missing = [len(b.slots) for b in reducer.buckets]
+        self._skip_update = not finite and reducer.nonfinite == "skip"
+        self._synchronized = True
+
+    @contextlib.contextmanager
+    def skip_synchronize(self):
+        """``step()`` inside this block does not synchronize (call ``synchronize()`` yourself first)."""
+        self._should_synchronize = False
+        try:
+            yield
+        finally:
+            self._should_synchronize = True
+
+    def step(self, closure=None):
+        if self._should_synchronize:
+            if self._synchronized:
+                warnings.warn("optimizer.step() called without optimizer.skip_synchronize() context after "
+                              "optimizer.synchronize(); the gradients are exchanged twice. Use "
+                              "optimizer.skip_synchronize() if you call optimizer.synchronize() in your code.")
+            self.synchronize()
+        self._synchronized = False
+        if self._skip_update:
+            self._skip_update = False
+            return None
+        return super().step(closure)
+
+    def zero_grad(self, set_to_none=True):
+        if self._reducer.flights or any(d != self.backward_passes_per_step for d in self._delay):
+            raise AssertionError("optimizer.zero_grad() was called after loss.backward() but before "
+                                 "optimizer.step() or optimizer.synchronize(); that would race with the gradient "
+                                 "exchange in flight.")
+        return super().zero_grad(set_to_none=set_to_none)
+
+    def set_backward_passes_per_step(self, passes):
+        if passes <= 0:
+            raise ValueError(f"backward_passes_per_step must be > 0, got {passes}")
+        self.backward_passes_per_step = passes
+        self._delay = [passes] * len(self._params)
+
+    @contextlib.contextmanager
+    def _local_step(self):
+        """``step()`` runs only the wrapped optimizer (broadcast_optimizer_state initialising state)."""
+        saved = self._should_synchronize, self._skip_update
+        self._should_synchronize, self._skip_update = False, False
+        try:
+            yield
+        finally:
+            self._should_synchronize, self._skip_update = saved
+
+    # --- checkpoints ------------------------------------------------------------
+    def state_dict(self):
+        """The wrapped optimizer's state dict plus ``"hvdkit"``: this rank's error-feedback residuals,
+        PowerSGD factors and step count (residuals differ between ranks: save them per rank)."""
+        state = super().state_dict()
+        state["hvdkit"] = self._reducer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("hvdkit", None)
+        self._delay = [self.backward_passes_per_step] * len(self._params)
+        self._missing = [len(b.slots) for b in self._reducer.buckets]
+        super().load_state_dict(state_dict)
+        if saved is not None:
+            self._reducer.load_state_dict(saved)
+
+
+def _hook(optimizer_ref):
+    """The per-parameter hook; holds the optimizer weakly so that replacing it frees it."""
+    def grad_ready(p):
+        optimizer = optimizer_ref()
+        if optimizer is not None:
+            optimizer._grad_ready(p)
+    return grad_ready
+
+
+def _remove(handles):
+    for handle in handles:
+        handle.remove()
+
+
+def _links(hierarchical):
+    try:
+        topo = _topology.current()
+    except RuntimeError:
+        if not hvd.is_initialized():
+            raise RuntimeError("DistributedOptimizer: Horovod is not initialised; call hvdkit.torch.init() "
+                               "first") from None
+        if hierarchical is True:
+            raise ValueError("hierarchical=True needs hvdkit.torch.init() (not hvd.init()), which registers "
+                             "the node process sets") from None
+        return comm.Links(comm.Link(hvd.global_process_set, hvd.size(), hvd.rank()))
+    return hierarchical_links(hvd, topo, hierarchical)
+
+
+def _constructor_kwargs(optimizer):
+    """The wrapped optimizer's defaults that its class's __init__ accepts (to rebuild it faithfully)."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return {k: v for k, v in optimizer.defaults.items() if k in accepted}
+
+
+def DistributedOptimizer(optimizer, named_parameters=None, compression="none", backward_passes_per_step=1,
+                         op=hvd.Average, gradient_predivide_factor=1.0, num_groups=0, groups=None,
+                         sparse_as_dense=False, process_set=None, *, fusion_mb=DEFAULT_FUSION_MB,
+                         hierarchical=False, nonfinite="skip"):
+    """Wrap ``optimizer`` so that ``step()`` applies gradients averaged (or summed) over all ranks.
+
+    The first arguments are ``horovod.torch.DistributedOptimizer``'s, in its order. hvdkit adds:
+
+    * ``compression``: a spec string (``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``, ``"topk:0.01"``,
+      ``"randomk:0.01"``, ``"onebit"``, ``"powersgd:4"``, with options such as ``warmup=100``,
+      ``min_numel=1024``, ``ef=1``), a ``hvdkit.compression.Spec``, or ``hvd.Compression.none/fp16/...``
+      (Horovod's own ``Compression.none/fp16`` are accepted too);
+    * ``fusion_mb``: bucket size cap in MiB (0: one bucket per parameter);
+    * ``hierarchical``: ``True`` averages inside each node, exchanges (compressed) between nodes and
+      shares the result inside the node; ``"auto"`` does so only across real (not emulated) nodes;
+    * ``nonfinite``: ``"skip"`` (default: warn and skip the update on every rank), ``"raise"``
+      (FloatingPointError), or ``"pass"`` (hand non-finite gradients on, e.g. to AMP's GradScaler).
+      Error-feedback state never takes in a non-finite value.
+
+    ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16 only).
+    ``gradient_predivide_factor`` must stay 1.0: hvdkit always divides by the world size before summing.
+    ``groups``/``num_groups`` are replaced by ``fusion_mb``.
+    """
+    if backward_passes_per_step <= 0:
+        raise ValueError(f"backward_passes_per_step must be > 0, got {backward_passes_per_step}")
+    if op not in (hvd.Average, hvd.Sum, hvd.Adasum):
+        raise ValueError(f"op must be hvd.Average, hvd.Sum or hvd.Adasum, got {op!r}")
+    if gradient_predivide_factor != 1.0:
+        raise ValueError(f"gradient_predivide_factor={gradient_predivide_factor!r} is not supported: hvdkit "
+                         f"always divides by the world size before summing (so fp16 cannot overflow)")
+    if groups is not None or num_groups:
+        raise ValueError("groups / num_groups are not supported; use fusion_mb to size the fused buckets")
+    if process_set is not None and process_set is not hvd.global_process_set:
+        raise ValueError("process_set: hvdkit's DistributedOptimizer reduces over all ranks only")
+    if not isinstance(fusion_mb, (int, float)) or fusion_mb < 0:
+        raise ValueError(f"fusion_mb must be a number >= 0, got {fusion_mb!r}")
+    spec = resolve(compression)
+    if op == hvd.Adasum:
+        return _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step)
+    cls = type(type(optimizer).__name__, (_DistributedOptimizer, type(optimizer)), {"__module__": __name__})
+    wrapped = cls.__new__(cls)
+    type(optimizer).__init__(wrapped, optimizer.param_groups, **_constructor_kwargs(optimizer))
+    wrapped.state.update(optimizer.state)
+    wrapped._hvdkit_setup(named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
+                          nonfinite, sparse_as_dense)
+    return wrapped
+
+
+def _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step):
+    horovod_compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}.get(spec.name)
+    if horovod_compression is None:
+        raise ValueError(f"op=hvd.Adasum runs Horovod's own Adasum optimizer, which supports compression "
+                         f"'none' or 'fp16' only, got {str(spec)!r}")
+    return hvd.DistributedOptimizer(optimizer, named_parameters, horovod_compression, backward_passes_per_step,
+                                    op=hvd.Adasum)

@@ -1,0 +1,60 @@
+"""A script written for horovod.torch runs unchanged on hvdkit.torch and trains identically.
+
+``horovod_example`` follows Horovod's own examples/pytorch/pytorch_mnist.py and
+pytorch_imagenet_resnet50.py (init, broadcast_parameters,
+broadcast_optimizer_state, Compression, DistributedOptimizer with op and
+gradient_predivide_factor, metric averaging with allreduce, an LR scheduler
+on the wrapped optimizer); only the module passed in differs.
+"""
+import horovod.torch
+import pytest
+import torch
+
+import hvdkit.torch
+from optimizer_support import batch, make_model
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def horovod_example(hvd, fp16_allreduce=False, epochs=2, steps_per_epoch=4):
+    hvd.init()
+    torch.manual_seed(42)
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01 * hvd.size(), momentum=0.5)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                         compression=compression, op=hvd.Average, gradient_predivide_factor=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    losses = []
+    for epoch in range(epochs):
+        for step in range(steps_per_epoch):
+            data, target = batch(hvd.rank(), epoch * steps_per_epoch + step)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(data), target)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        losses.append(hvd.allreduce(loss.detach(), name="avg_loss").item())  # metric_average
+    return model, losses
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_horovod_example_runs_unchanged_and_matches_horovod(hvd, fp16):
+    ours, our_losses = horovod_example(hvdkit.torch, fp16)
+    theirs, their_losses = horovod_example(horovod.torch, fp16)
+    tolerance = 1e-3 if fp16 else 1e-6
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=tolerance)
+    assert our_losses == pytest.approx(their_losses, abs=tolerance)
+
+
+def test_the_wrapped_optimizer_is_still_an_instance_of_its_class(hvd):
+    hvdkit.torch.init()
+    model = make_model()
+    opt = hvdkit.torch.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.5, 0.6)),
+                                            named_parameters=model.named_parameters())
+    assert isinstance(opt, torch.optim.Adam)
+    assert type(opt).__name__ == "Adam"
+    assert opt.defaults["betas"] == (0.5, 0.6) and opt.param_groups[0]["lr"] == 0.1

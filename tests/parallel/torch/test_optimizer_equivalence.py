@@ -1,0 +1,174 @@
+"""hvdkit's DistributedOptimizer against horovod.torch.DistributedOptimizer on the same ranks."""
+import pytest
+import torch
+
+import hvdkit.torch as hvdkit_torch
+from optimizer_support import FUSION_MB, LR, assert_same_on_every_rank, batch, loss_of, make_model, train
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def pair(hvd, hvdkit_compression="none", horovod_compression=None, op=None, **kwargs):
+    """(model, hvdkit optimizer), (model, Horovod optimizer), starting from the same parameters."""
+    hvdkit_torch.init()
+    horovod_compression = horovod_compression or hvd.Compression.none
+    ours, theirs = make_model(), make_model()
+    passes = kwargs.pop("backward_passes_per_step", 1)
+    op = hvd.Average if op is None else op
+    opt_ours = hvdkit_torch.DistributedOptimizer(
+        torch.optim.SGD(ours.parameters(), lr=LR, momentum=0.9), ours.named_parameters(),
+        compression=hvdkit_compression, backward_passes_per_step=passes, op=op, fusion_mb=FUSION_MB, **kwargs)
+    opt_theirs = hvd.DistributedOptimizer(
+        torch.optim.SGD(theirs.parameters(), lr=LR, momentum=0.9), theirs.named_parameters(),
+        compression=horovod_compression, backward_passes_per_step=passes, op=op)
+    return (ours, opt_ours), (theirs, opt_theirs)
+
+
+def max_diff(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("hierarchical,op", [(False, "Average"), (True, "Average"), (False, "Sum")])
+def test_no_compression_matches_horovod_after_20_steps(hvd, hierarchical, op):
+    (ours, opt_ours), (theirs, opt_theirs) = pair(hvd, hierarchical=hierarchical, op=getattr(hvd, op))
+    assert len(opt_ours.buckets) > 1
+    uses_nodes = opt_ours._reducer.links.intra is not None
+    assert uses_nodes == (hierarchical and hvdkit_torch.topology().hierarchical)
+    train(ours, opt_ours, hvd.rank(), 20)
+    train(theirs, opt_theirs, hvd.rank(), 20)
+    assert max_diff(ours, theirs) <= 1e-6
+    assert max_diff(ours, make_model()) > 1e-2  # training moved the parameters
+    assert_same_on_every_rank(hvd, list(ours.parameters()))
+
+
+def test_fp16_matches_horovods_fp16_compression(hvd):
+    (ours, opt_ours), (theirs, opt_theirs) = pair(hvd, "fp16", hvd.Compression.fp16)
+    for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+        opt.zero_grad()
+        loss_of(model, hvd.rank(), 0).backward()
+        opt.synchronize()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        # Same fp16 values summed; hvdkit divides before the sum, Horovod after: at most an fp16 rounding apart.
+        torch.testing.assert_close(a.grad, b.grad, rtol=2 ** -10, atol=1e-7 * hvd.size())
+    for opt in (opt_ours, opt_theirs):
+        with opt.skip_synchronize():
+            opt.step()
+    train(ours, opt_ours, hvd.rank(), 19, start=1)
+    train(theirs, opt_theirs, hvd.rank(), 19, start=1)
+    assert max_diff(ours, theirs) <= 1e-3
+    assert_same_on_every_rank(hvd, list(ours.parameters()))
+
+
+def test_fp16_divides_before_summing_so_large_gradients_do_not_overflow(hvd):
+    hvdkit_torch.init()
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = hvdkit_torch.DistributedOptimizer(torch.optim.SGD([p], lr=1.0), [("p", p)], compression="fp16")
+    (p * torch.tensor([60000.0, -60000.0, 1.0, 0.0])).sum().backward()
+    opt.synchronize()
+    # Horovod's fp16 compression sums 60000 * size in fp16 first: +-inf from 2 ranks on.
+    assert torch.equal(p.grad, torch.tensor([60000.0, -60000.0, 1.0, 0.0]))
+
+
+def test_gradient_clipping_recipe_matches_horovod(hvd):
+    (ours, opt_ours), (theirs, opt_theirs) = pair(hvd)
+    for step in range(5):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            loss_of(model, hvd.rank(), step).backward()
+            opt.synchronize()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            with opt.skip_synchronize():
+                opt.step()
+    assert max_diff(ours, theirs) <= 1e-6
+
+
+def test_accumulating_backward_passes_matches_horovod(hvd):
+    (ours, opt_ours), (theirs, opt_theirs) = pair(hvd, backward_passes_per_step=2)
+    for step in range(4):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            loss_of(model, hvd.rank(), 2 * step).backward()
+            loss_of(model, hvd.rank(), 2 * step + 1).backward()
+            opt.step()
+    assert max_diff(ours, theirs) <= 1e-6
+
+
+def test_parameters_unused_on_some_ranks_match_horovod(hvd):
+    (ours, opt_ours), (theirs, opt_theirs) = pair(hvd)
+    for step in range(3):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            x, y = batch(hvd.rank(), step)
+            head = model[:4] if hvd.rank() % 2 else model[:2]  # odd ranks skip the last Linear
+            out = head(x)[:, :4]
+            torch.nn.functional.mse_loss(out, y).backward()
+            opt.step()
+    assert max_diff(ours, theirs) <= 1e-6
+
+
+def test_buckets_start_communicating_during_backward(hvd):
+    hvdkit_torch.init()
+    model = make_model()
+    opt = hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
+                                            fusion_mb=FUSION_MB)
+    launched_before_last_grad = []
+    first = next(model.parameters())  # registered first, so its gradient is among the last to arrive
+    first.register_post_accumulate_grad_hook(lambda p: launched_before_last_grad.append(len(opt._reducer.flights)))
+    loss_of(model, hvd.rank(), 0).backward()
+    assert launched_before_last_grad and launched_before_last_grad[0] >= 1
+    assert len(opt._reducer.flights) == len(opt.buckets)  # every bucket left before step()
+    opt.step()
+    assert not opt._reducer.flights
+    stats = opt.last_step_stats
+    assert stats.buckets == len(opt.buckets) and stats.dense_bytes == sum(4 * p.numel() for p in model.parameters())
+
+
+def test_auto_hierarchy_ignores_emulated_nodes(hvd):
+    (_, opt), _ = pair(hvd, hierarchical="auto")
+    topo = hvdkit_torch.topology()
+    assert (opt._reducer.links.intra is not None) == (topo.hierarchical and not topo.emulated)
+
+
+def test_parameters_of_other_dtypes_are_averaged_densely(hvd):
+    hvdkit_torch.init()
+    params = {"bf16": torch.nn.Parameter(torch.zeros(5, dtype=torch.bfloat16)),
+              "f16": torch.nn.Parameter(torch.zeros(3, dtype=torch.float16)),
+              "f64": torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
+              "f32": torch.nn.Parameter(torch.zeros(6))}
+    opt = hvdkit_torch.DistributedOptimizer(torch.optim.SGD(params.values(), lr=1.0), list(params.items()),
+                                            compression="topk:0.5")
+    assert {b.dtype: b.compressed for b in opt.buckets} == {"bfloat16": False, "float16": False, "float64": False,
+                                                            "float32": True}
+    ((hvd.rank() + 1) * sum(p.double().sum() for p in params.values())).backward()
+    opt.synchronize()
+    mean = (hvd.size() + 1) / 2
+    for name in ("bf16", "f16", "f64"):
+        grad = params[name].grad
+        torch.testing.assert_close(grad, torch.full_like(grad, mean), msg=name)  # the dtype's own tolerance
+
+
+def test_sparse_gradients_need_sparse_as_dense(hvd):
+    hvdkit_torch.init()
+    for sparse_as_dense in (False, True):
+        torch.manual_seed(0)
+        embedding = torch.nn.Embedding(10, 3, sparse=True)
+        opt = hvdkit_torch.DistributedOptimizer(torch.optim.SGD(embedding.parameters(), lr=1.0),
+                                                embedding.named_parameters(), sparse_as_dense=sparse_as_dense)
+        loss = (hvd.rank() + 1) * embedding(torch.tensor([1, 2])).sum()
+        if not sparse_as_dense:
+            with pytest.raises(ValueError, match="parameter 'weight' has a sparse gradient; pass sparse_as_dense"):
+                loss.backward()
+            continue
+        loss.backward()
+        opt.synchronize()
+        expected = torch.zeros(10, 3)
+        expected[1:3] = (hvd.size() + 1) / 2
+        torch.testing.assert_close(embedding.weight.grad, expected)
+
+
+def test_adasum_is_delegated_to_horovod_and_refuses_hvdkit_compressors(hvd):
+    hvdkit_torch.init()
+    model = make_model()
+    with pytest.raises(ValueError, match="supports compression 'none' or 'fp16' only"):
+        hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
+                                          compression="topk:0.1", op=hvd.Adasum)
