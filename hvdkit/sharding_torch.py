@@ -1,0 +1,92 @@
+"""A drop-in for ``torch.utils.data.DistributedSampler`` built on :mod:`hvdkit.sharding`.
+
+Differences that matter: the order comes from :func:`hvdkit.sharding.shard_indices`
+(numpy PCG64, not ``torch.randperm``), ``remainder="uneven"`` is available, and
+the sampler can resume mid-epoch through ``state_dict()/load_state_dict()``.
+"""
+import torch.utils.data
+
+from hvdkit import sharding
+
+
+def _world_default(num_replicas, rank):
+    """Fill ``num_replicas``/``rank`` from the initialised topology when omitted."""
+    if num_replicas is None or rank is None:
+        from hvdkit import topology
+
+        current = topology.current()
+        num_replicas = current.size if num_replicas is None else num_replicas
+        rank = current.rank if rank is None else rank
+    return num_replicas, rank
+
+
+class ShardedSampler(torch.utils.data.Sampler):
+    """Yields this rank's dataset indices for the current epoch.
+
+    ``drop_last`` maps to ``remainder="drop"`` (``False``: ``"pad"``), as in
+    ``DistributedSampler``; pass ``remainder="uneven"`` to read every sample
+    exactly once. Call ``set_epoch(e)`` before each epoch. To resume, save
+    ``state_dict(consumed)`` with the number of indices the training loop has
+    actually used this epoch (a ``DataLoader`` with workers prefetches ahead
+    of the loop, so the sampler's own count of yielded indices runs ahead of
+    what was trained on); ``load_state_dict`` makes the next iteration skip
+    them. The skip applies to one iteration only: the following epoch starts
+    at 0.
+    """
+
+    def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0,
+                 drop_last=False, remainder=None):
+        num_replicas, rank = _world_default(num_replicas, rank)
+        if remainder is None:
+            remainder = "drop" if drop_last else "pad"
+        # Validates every argument once, with messages naming it.
+        sharding.shard_indices(0, rank, num_replicas, seed=seed, remainder=remainder)
+        self.dataset = dataset
+        self.num_replicas = num_replicas  # world size the shard is cut for
+        self.rank = rank  # which stride of the permutation this sampler yields
+        self.shuffle = shuffle
+        self.seed = seed  # with epoch, the only input to the permutation
+        self.remainder = remainder
+        self.drop_last = remainder == "drop"  # mirrors DistributedSampler's attribute
+        self.epoch = 0
+        self._start = 0  # indices to skip in the next iteration (resume)
+        self._yielded = 0  # indices handed out by the current iteration
+
+    def set_epoch(self, epoch):
+        """Choose the epoch whose permutation the next iteration uses."""
+        sharding.epoch_permutation(0, epoch=epoch)
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self):
+        """Indices per epoch for this rank, as ``DistributedSampler.num_samples``."""
+        return sharding.shard_size(len(self.dataset), self.rank, self.num_replicas, self.remainder)
+
+    def __len__(self):
+        return max(self.num_samples - self._start, 0)
+
+    def __iter__(self):
+        indices = sharding.shard_indices(
+            len(self.dataset), self.rank, self.num_replicas, epoch=self.epoch, seed=self.seed,
+            shuffle=self.shuffle, remainder=self.remainder, start=self._start)
+        self._yielded = self._start
+        self._start = 0
+        for index in indices.tolist():
+            self._yielded += 1
+            yield index
+
+    def state_dict(self, consumed=None):
+        """``{"epoch", "start", "seed"}`` to resume from; ``consumed`` defaults to
+        the number of indices this epoch's iterator has yielded so far."""
+        start = self._yielded if consumed is None else consumed
+        return {"epoch": self.epoch, "start": int(start), "seed": self.seed}
+
+    def load_state_dict(self, state):
+        """Resume: the next iteration uses ``state["epoch"]`` and skips ``state["start"]`` indices."""
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"state_dict seed={state['seed']} differs from this sampler's seed={self.seed}")
+        epoch, start = state["epoch"], state["start"]
+        sharding.shard_indices(len(self.dataset), self.rank, self.num_replicas, epoch=epoch,
+                               shuffle=False, remainder=self.remainder, start=start)
+        self.epoch = int(epoch)
+        self._start = int(start)
