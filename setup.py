@@ -4,6 +4,10 @@ The extension is compiled against the torch installed in the environment
 (install with ``pip install --no-build-isolation -e .``; ``scripts/setup.sh``
 does this). CUDA sources are compiled only when that torch is a CUDA build and
 a CUDA toolkit is found, so the same tree builds on CPU-only machines.
+
+When TensorFlow is installed, the same build also makes ``hvdkit._tf_ops``, the
+TensorFlow op library (``hvdkit/tensorflow/ops.py`` loads it), from the same
+csrc core and CPU kernels; ``HVDKIT_WITHOUT_TF=1`` skips it.
 """
 import glob
 import os
@@ -48,6 +52,51 @@ def _extensions():
     return [cpp_extension.CppExtension(**kwargs)], cpp_extension.BuildExtension
 
 
+def _tf_extensions():
+    """The TensorFlow op library, compiled with exactly TensorFlow's own flags
+    (its C++ ABI setting among them). It is not a Python module: it registers
+    ops when ``tf.load_op_library`` opens it. Hidden visibility keeps its copy of
+    the kernels from binding to (or replacing) the torch extension's copy when
+    both are loaded in one process."""
+    if os.environ.get("HVDKIT_WITHOUT_TF", "0") == "1":
+        return []
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return []
+    from setuptools import Extension
+
+    return [Extension(
+        name="hvdkit._tf_ops",
+        sources=_sources("core/**/*.cpp") + _sources("cpu/**/*.cpp") + _sources("tensorflow/**/*.cc"),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        # -isystem on TensorFlow's own include folder (also given with -I by its
+        # flags) only silences the hundreds of warnings its headers raise.
+        extra_compile_args=tf.sysconfig.get_compile_flags() + [
+            "-isystem", tf.sysconfig.get_include(), "-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off",
+            "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
+        extra_link_args=tf.sysconfig.get_link_flags() + ["-fopenmp"],
+    )]
+
+
+def _separate_tf_objects(build_ext_class):
+    """Both extensions compile csrc/core and csrc/cpu, each with its own flags:
+    the TensorFlow library's objects go to a folder of their own instead of
+    overwriting the torch extension's."""
+    class BuildExt(build_ext_class):
+        def build_extension(self, ext):
+            if ext.name != "hvdkit._tf_ops":
+                return super().build_extension(ext)
+            shared = self.build_temp
+            self.build_temp = os.path.join(shared, "tf_ops")
+            try:
+                return super().build_extension(ext)
+            finally:
+                self.build_temp = shared
+
+    return BuildExt
+
+
 def _version():
     about = {}
     with open(os.path.join(HERE, "hvdkit", "_version.py")) as f:
@@ -56,6 +105,7 @@ def _version():
 
 
 ext_modules, build_ext = _extensions()
+ext_modules += _tf_extensions()
 
 setup(
     name="hvdkit",
@@ -64,6 +114,6 @@ setup(
     packages=find_packages(include=["hvdkit", "hvdkit.*"]),
     python_requires=">=3.10",
     ext_modules=ext_modules,
-    cmdclass={"build_ext": build_ext},
+    cmdclass={"build_ext": _separate_tf_objects(build_ext)},
     entry_points={"console_scripts": ["hvdkit = hvdkit.cli:main"]},
 )

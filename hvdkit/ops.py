@@ -22,9 +22,14 @@ Shared rules:
 This module imports even when the extension failed to build; the ops then raise
 ``RuntimeError`` and :func:`backends` says why.
 """
-import math
-
 import torch
+
+from ._op_checks import DEFAULT_BLOCK, MAX_ELEMENTS, topk_approx_floor
+from ._op_checks import check_block as _check_block
+from ._op_checks import check_bool as _check_bool
+from ._op_checks import check_int as _check_int
+from ._op_checks import check_scale as _check_scale
+from ._op_checks import seed64 as _seed64
 
 try:
     from . import _C
@@ -51,8 +56,6 @@ __all__ = [
     "randomk",
 ]
 
-DEFAULT_BLOCK = 1024
-MAX_ELEMENTS = 2**31 - 1
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -87,12 +90,6 @@ def set_cpu_isa(name):
     return previous
 
 
-def topk_approx_floor(k):
-    """The fewest entries ``topk_ef(..., approx=True)`` returns for ``k``
-    (given that many non-zero entries of ``x + residual``)."""
-    return (k + 1) // 2
-
-
 # ---- argument checks ---------------------------------------------------------------
 
 
@@ -125,44 +122,6 @@ def _check_tensor(name, value, dtypes, device=None):
     if value.numel() > MAX_ELEMENTS:
         raise ValueError(f"{name} has {value.numel()} elements; at most {MAX_ELEMENTS} are supported")
     return value
-
-
-def _check_int(name, value, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bounds}, got {value}")
-    return value
-
-
-def _check_block(block, multiple_of_8=False):
-    _check_int("block", block, 1)
-    if multiple_of_8 and block % 8:
-        raise ValueError(f"block must be a multiple of 8 (whole bytes of sign bits), got {block}")
-    return block
-
-
-def _check_scale(scale):
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    if not math.isfinite(scale) or abs(scale) > torch.finfo(torch.float32).max:
-        raise ValueError(f"scale must be a finite float32 value, got {scale}")
-    return float(scale)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _seed64(seed):
-    """Any int -> the signed int64 with the same low 64 bits (the schema type)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    seed &= 2**64 - 1
-    return seed - 2**64 if seed >= 2**63 else seed
 
 
 def _check_list(name, tensors):

@@ -1,0 +1,1 @@
+"""hvdkit for TensorFlow 2 and Keras 3."""
