@@ -52,7 +52,7 @@ class PeriodicAverager:
     step count, so a resumed run averages on the same steps.
     """
 
-    __slots__ = ("schedule", "warmup_steps", "_hvd", "_topology", "steps")
+    __slots__ = ("schedule", "warmup_steps", "_hvd", "_topology", "steps", "last_scope")
 
     def __init__(self, period=None, schedule=None, warmup_steps=0, hvd=None, topology=None):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
@@ -62,6 +62,7 @@ class PeriodicAverager:
         self._hvd = hvd  # Horovod module; found from the tensors' framework when None
         self._topology = topology  # hvdkit Topology; hvdkit.topology.current() when None
         self.steps = 0  # optimizer steps taken so far, warm-up included
+        self.last_scope = None  # what the last step averaged over (None: nothing), for traffic accounting
 
     @property
     def in_warmup(self):
@@ -71,12 +72,12 @@ class PeriodicAverager:
     def step(self, parameters):
         """Count one optimizer step and average ``parameters`` if one is due."""
         self.steps += 1
-        if self.steps <= self.warmup_steps:
-            return None
-        scope = scope_at(self.schedule, self.steps - self.warmup_steps)
-        if scope is not None:
-            average_parameters(parameters, scope, self._hvd, self._topology)
-        return scope
+        self.last_scope = None
+        if self.steps > self.warmup_steps:
+            self.last_scope = scope_at(self.schedule, self.steps - self.warmup_steps)
+        if self.last_scope is not None:
+            average_parameters(parameters, self.last_scope, self._hvd, self._topology)
+        return self.last_scope
 
     def state_dict(self):
         return {"steps": self.steps}

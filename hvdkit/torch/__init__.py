@@ -60,7 +60,7 @@ from horovod.torch import (  # noqa: F401  (re-exported for Horovod scripts)
 )
 
 from hvdkit import topology as _topology
-from hvdkit.torch.broadcast import broadcast_optimizer_state, broadcast_state, check_model
+from hvdkit.torch.state_sync import broadcast_optimizer_state, broadcast_state, check_model
 from hvdkit.torch.compression import Compression
 from hvdkit.torch.optimizer import DEFAULT_FUSION_MB, DistributedOptimizer
 

@@ -37,7 +37,7 @@ class _DistributedOptimizer:
     """Mixed in front of the wrapped optimizer's class (see ``DistributedOptimizer``)."""
 
     def _hvdkit_setup(self, named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                      nonfinite, sparse_as_dense):
+                      nonfinite, sparse_as_dense, local_sgd):
         named = named_trainable(self.param_groups, named_parameters)
         self._params = [p for _, p in named]  # registration order
         self._names = [name for name, _ in named]
@@ -53,6 +53,8 @@ class _DistributedOptimizer:
         self._synchronized = False  # synchronize() ran since the last step()
         self._should_synchronize = True  # False inside skip_synchronize()
         self._skip_update = False  # the last synchronize() found non-finite gradients (policy "skip")
+        self.local_sgd = local_sgd  # PeriodicAverager: after its warm-up, step locally and average the model
+        self._state_init = False  # inside _local_step(): a state-initialising step, not a training step
         hooks = [p.register_post_accumulate_grad_hook(_hook(weakref.ref(self))) for p in self._params]
         weakref.finalize(self, _remove, hooks)  # a dropped optimizer stops counting gradients
 
@@ -72,8 +74,15 @@ class _DistributedOptimizer:
         """``hvdkit.stats.StepStats`` of the last synchronised step (None before the first)."""
         return self._reducer.last_stats
 
+    @property
+    def local_phase(self):
+        """True once post-local SGD has left its warm-up: gradients stay local, the model is averaged."""
+        return self.local_sgd is not None and not self.local_sgd.in_warmup
+
     # --- gradients in ----------------------------------------------------------
     def _grad_ready(self, p):
+        if self.local_phase:
+            return
         index = self._index[id(p)]
         if self._delay[index] <= 0:
             raise AssertionError(
@@ -131,6 +140,13 @@ class _DistributedOptimizer:
             self._should_synchronize = True
 
     def step(self, closure=None):
+        if self.local_sgd is None or self._state_init:
+            return self._synchronized_step(closure)
+        result = super().step(closure) if self.local_phase else self._synchronized_step(closure)
+        self.local_sgd.step(self._params)
+        return result
+
+    def _synchronized_step(self, closure):
         if self._should_synchronize:
             if self._synchronized:
                 warnings.warn("optimizer.step() called without optimizer.skip_synchronize() context after "
@@ -160,11 +176,12 @@ class _DistributedOptimizer:
     def _local_step(self):
         """``step()`` runs only the wrapped optimizer (broadcast_optimizer_state initialising state)."""
         saved = self._should_synchronize, self._skip_update
-        self._should_synchronize, self._skip_update = False, False
+        self._should_synchronize, self._skip_update, self._state_init = False, False, True
         try:
             yield
         finally:
             self._should_synchronize, self._skip_update = saved
+            self._state_init = False
 
     # --- checkpoints ------------------------------------------------------------
     def state_dict(self):
@@ -172,11 +189,16 @@ class _DistributedOptimizer:
         PowerSGD factors and step count (residuals differ between ranks: save them per rank)."""
         state = super().state_dict()
         state["hvdkit"] = self._reducer.state_dict()
+        if self.local_sgd is not None:
+            state["hvdkit_local_sgd"] = self.local_sgd.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         saved = state_dict.pop("hvdkit", None)
+        saved_local_sgd = state_dict.pop("hvdkit_local_sgd", None)
+        if saved_local_sgd is not None and self.local_sgd is not None:
+            self.local_sgd.load_state_dict(saved_local_sgd)
         self._delay = [self.backward_passes_per_step] * len(self._params)
         self._missing = [len(b.slots) for b in self._reducer.buckets]
         super().load_state_dict(state_dict)
@@ -221,7 +243,7 @@ def _constructor_kwargs(optimizer):
 def DistributedOptimizer(optimizer, named_parameters=None, compression="none", backward_passes_per_step=1,
                          op=hvd.Average, gradient_predivide_factor=1.0, num_groups=0, groups=None,
                          sparse_as_dense=False, process_set=None, *, fusion_mb=DEFAULT_FUSION_MB,
-                         hierarchical=False, nonfinite="skip"):
+                         hierarchical=False, nonfinite="skip", local_sgd=None):
     """Wrap ``optimizer`` so that ``step()`` applies gradients averaged (or summed) over all ranks.
 
     The first arguments are ``horovod.torch.DistributedOptimizer``'s, in its order. hvdkit adds:
@@ -236,6 +258,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     * ``nonfinite``: ``"skip"`` (default: warn and skip the update on every rank), ``"raise"``
       (FloatingPointError), or ``"pass"`` (hand non-finite gradients on, e.g. to AMP's GradScaler).
       Error-feedback state never takes in a non-finite value.
+    * ``local_sgd``: a ``hvdkit.averaging.PeriodicAverager`` for post-local SGD: its ``warmup_steps``
+      are ordinary synchronous steps, after which each rank steps on its own gradients and the averager
+      averages the parameters on its schedule (e.g. every 8 steps, or ``{1: "node", 8: "world"}``).
 
     ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16 only).
     ``gradient_predivide_factor`` must stay 1.0: hvdkit always divides by the world size before summing.
@@ -255,6 +280,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     if not isinstance(fusion_mb, (int, float)) or fusion_mb < 0:
         raise ValueError(f"fusion_mb must be a number >= 0, got {fusion_mb!r}")
     spec = resolve(compression)
+    if local_sgd is not None and not hasattr(local_sgd, "in_warmup"):
+        raise ValueError(f"local_sgd must be a hvdkit.averaging.PeriodicAverager, got {local_sgd!r}")
     if op == hvd.Adasum:
         return _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step)
     cls = type(type(optimizer).__name__, (_DistributedOptimizer, type(optimizer)), {"__module__": __name__})
@@ -262,7 +289,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     type(optimizer).__init__(wrapped, optimizer.param_groups, **_constructor_kwargs(optimizer))
     wrapped.state.update(optimizer.state)
     wrapped._hvdkit_setup(named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                          nonfinite, sparse_as_dense)
+                          nonfinite, sparse_as_dense, local_sgd)
     return wrapped
 
 

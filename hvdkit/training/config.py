@@ -29,6 +29,7 @@ class TrainConfig:
     hierarchical: bool = False
     ranks_per_node: int = None
     average_every: int = None  # local SGD: average parameters every H steps instead of gradients every step
+    average_warmup: int = 0  # post-local SGD: synchronous steps before local steps begin
     checkpoint: str = None
     log_dir: str = "runs/hvdkit-train"
     seed: int = 0
@@ -52,6 +53,8 @@ def add_arguments(parser):
     parser.add_argument("--ranks-per-node", type=int, default=None, help="emulate nodes of K ranks on one host")
     parser.add_argument("--average-every", type=int, default=None, metavar="H",
                         help="local SGD: average the model every H steps instead of the gradients every step")
+    parser.add_argument("--average-warmup", type=int, default=defaults.average_warmup, metavar="STEPS",
+                        help="post-local SGD: synchronous steps before --average-every starts (default 0)")
     parser.add_argument("--checkpoint", default=None, metavar="DIR", help="save (and resume from) checkpoints here")
     parser.add_argument("--log-dir", default=defaults.log_dir, help="metrics.jsonl and TensorBoard events")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -66,7 +69,7 @@ def to_argv(config):
     argv = []
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
-        if field.name in ("np", "launcher") or value is None or value is False:
+        if field.name in ("np", "launcher") or value is None or value is False or value == field.default:
             continue
         flag = "--" + field.name.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
@@ -102,6 +105,8 @@ def validate(config, world_size, train_samples):
     _positive("--epochs", config.epochs)
     _positive("--batch-size", config.batch_size)
     _positive("--average-every", config.average_every)
+    if config.average_warmup < 0:
+        raise UsageError(f"--average-warmup must be >= 0, got {config.average_warmup}")
     if not config.lr > 0:
         raise UsageError(f"--lr must be > 0, got {config.lr}")
     if not 0 <= config.momentum < 1:
@@ -114,9 +119,6 @@ def validate(config, world_size, train_samples):
     if config.batch_size > shard:
         raise UsageError(f"--batch-size {config.batch_size} is larger than a rank's shard "
                          f"({shard} of {train_samples} {config.dataset} training samples on {world_size} ranks)")
-    if config.average_every is not None and config.compression != "none":
-        raise UsageError(f"--average-every averages the model, not gradients: it cannot be combined with "
-                         f"--compression {config.compression}")
     _check_compression(config.compression)
     if config.checkpoint is not None:
         _writable_dir("--checkpoint", config.checkpoint)

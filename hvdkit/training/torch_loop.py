@@ -50,23 +50,32 @@ def evaluate(model, x, y, hvd, topology):
 
 
 def make_optimizer(config, model, hvd, topology):
-    """(optimizer, averager): gradients averaged every step, or local steps
-    with the model averaged every ``--average-every`` steps."""
+    """hvdkit's DistributedOptimizer: gradients averaged every step, or (``--average-every H``)
+    post-local SGD: ``--average-warmup`` synchronous steps, then local steps with the model
+    averaged every H steps."""
     base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    local_sgd = None
     if config.average_every:
-        return base, averaging.PeriodicAverager(period=config.average_every, hvd=hvd, topology=topology)
-    optimizer = hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
-                                         compression=config.compression, hierarchical=config.hierarchical)
-    return optimizer, None
+        local_sgd = averaging.PeriodicAverager(period=config.average_every, warmup_steps=config.average_warmup,
+                                               hvd=hvd, topology=topology)
+    return hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
+                                    compression=config.compression, hierarchical=config.hierarchical,
+                                    local_sgd=local_sgd)
 
 
-def step_traffic(optimizer):
-    """(payload bytes this rank sent, bytes of the dense gradients they replaced) in the last step."""
+def step_traffic(optimizer, model_bytes):
+    """(payload bytes this rank sent, bytes of the dense gradients they replaced) in the last step.
+
+    A local-SGD step sends nothing, or the fp32 model when it averaged; either way it stands in
+    for one dense gradient exchange."""
+    local_sgd = optimizer.local_sgd
+    if local_sgd is not None and local_sgd.steps > local_sgd.warmup_steps:  # the step just taken was local
+        return (model_bytes if local_sgd.last_scope else 0), model_bytes
     stats = optimizer.last_step_stats
     return (stats.bytes_sent, stats.dense_bytes) if stats is not None else (0, 0)
 
 
-def train_epoch(epoch, config, model, optimizer, averager, x, y, hvd, topology):
+def train_epoch(epoch, config, model, optimizer, x, y, hvd, topology):
     totals = EpochTotals()
     indices = sharding.shard_indices(len(y), topology.rank, topology.size, epoch=epoch, seed=config.seed,
                                      remainder="pad")
@@ -78,14 +87,9 @@ def train_epoch(epoch, config, model, optimizer, averager, x, y, hvd, topology):
         loss = F.cross_entropy(model(x[batch]), y[batch])
         loss.backward()
         optimizer.step()
-        if averager is not None:
-            # A model average sends the fp32 model once; a dense step would have sent the gradients.
-            totals.bytes_sent += model_bytes if averager.step(list(model.parameters())) else 0
-            totals.dense_bytes += model_bytes
-        else:
-            sent, dense = step_traffic(optimizer)
-            totals.bytes_sent += sent
-            totals.dense_bytes += dense
+        sent, dense = step_traffic(optimizer, model_bytes)
+        totals.bytes_sent += sent
+        totals.dense_bytes += dense
         totals.seconds += time.perf_counter() - started
         totals.loss_sum += loss.item()
         totals.steps += 1
@@ -112,7 +116,7 @@ def epoch_record(epoch, totals, accuracy, hvd, topology):
     }
 
 
-def restore(config, model, optimizer, averager):
+def restore(config, model, optimizer):
     """Load the newest checkpoint (every rank reads the same file); the epoch to start at."""
     if not config.checkpoint:
         return 0
@@ -121,18 +125,14 @@ def restore(config, model, optimizer, averager):
         return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    if averager is not None and "averager" in state:
-        averager.load_state_dict(state["averager"])
     return state["epoch"] + 1
 
 
-def save(config, epoch, model, optimizer, averager, topology):
+def save(config, epoch, model, optimizer, topology):
     if not config.checkpoint or topology.rank != 0:
         return
     payload = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "config": vars(config)}
-    if averager is not None:
-        payload["averager"] = averager.state_dict()
     checkpoint.save(config.checkpoint, epoch, payload)
 
 
@@ -149,25 +149,26 @@ def train(config):
     x_train, y_train = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     model = torch_models.build(config.model, dataset.input_shape, dataset.num_classes)
-    optimizer, averager = make_optimizer(config, model, hvd, topology)
+    optimizer = make_optimizer(config, model, hvd, topology)
     if config.checkpoint and topology.rank == 0:
         checkpoint.clean_stale(config.checkpoint)
-    first_epoch = restore(config, model, optimizer, averager)
+    first_epoch = restore(config, model, optimizer)
     hvd.broadcast_state(model, optimizer, root_rank=0)
     writer = metrics.MetricsWriter(config.log_dir) if topology.rank == 0 else None
     if topology.rank == 0:
         print(f"hvdkit train: {config.model} on {config.dataset} ({dataset.describe()}), "
               f"{topology.size} ranks on {topology.num_nodes} node(s), compression {config.compression}"
-              + (f", model averaged every {config.average_every} steps" if config.average_every else ""),
+              + (f", model averaged every {config.average_every} steps after {config.average_warmup} synchronous"
+                 if config.average_every else ""),
               flush=True)
     record = None
     for epoch in range(first_epoch, config.epochs):
-        totals = train_epoch(epoch, config, model, optimizer, averager, x_train, y_train, hvd, topology)
-        if averager is not None:
+        totals = train_epoch(epoch, config, model, optimizer, x_train, y_train, hvd, topology)
+        if optimizer.local_phase:  # evaluate (and checkpoint) one model, the same on every rank
             averaging.average_parameters(list(model.parameters()), "world", hvd, topology)
         accuracy = evaluate(model, x_test, y_test, hvd, topology)
         record = epoch_record(epoch, totals, accuracy, hvd, topology)
-        save(config, epoch, model, optimizer, averager, topology)
+        save(config, epoch, model, optimizer, topology)
         if writer is not None:
             writer.write(record)
             print(metrics.format_epoch(record), flush=True)
