@@ -110,17 +110,20 @@ def check_horovod(report):
 
 
 def check_extension(report):
-    try:
-        ops = importlib.import_module("hvdkit.ops")
-        backends = ops.backends()
-    except Exception as err:  # noqa: BLE001
-        report.require("hvdkit._C", f"not loaded ({err})", False, SETUP_FIX)
-        return
-    loaded = backends.get("cpu", False)
-    detail = ", ".join(name for name, ok in backends.items() if ok is True) or "none"
-    if not loaded and backends.get("error"):
-        detail = f"not loaded ({backends['error']})"
-    report.require("hvdkit._C backends", detail, loaded, "rebuild with 'pip install --no-build-isolation -e .'")
+    """hvdkit's kernels: the torch extension ``hvdkit._C`` and the TensorFlow op library."""
+    for label, module in (("hvdkit._C backends", "hvdkit.ops"), ("hvdkit._tf_ops backends", "hvdkit.tensorflow.ops")):
+        try:
+            backends = importlib.import_module(module).backends()
+        except Exception as err:  # noqa: BLE001
+            report.require(label, f"not loaded ({err})", False, SETUP_FIX)
+            continue
+        loaded = backends.get("cpu", False)
+        detail = ", ".join(name for name in ("cpu", "cuda") if backends.get(name) is True)
+        if loaded and backends.get("cpu_isa"):
+            detail += f" (cpu kernels: {backends['cpu_isa']})"
+        if not loaded:
+            detail = f"not loaded ({backends.get('error')})"
+        report.require(label, detail, loaded, "rebuild with 'pip install --no-build-isolation -e .'")
 
 
 def check_hardware(report):

@@ -69,6 +69,8 @@ pip install --quiet -r requirements.txt \
 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --quiet --no-build-isolation --no-deps -e . > /tmp/hvdkit-pip-e.log 2>&1 \
   || { tail -n 40 /tmp/hvdkit-pip-e.log >&2; die "building hvdkit's C++ extension failed (log above)"; }
 python -c "import hvdkit._C" || die "hvdkit._C was built but does not import"
+python -c "from hvdkit.tensorflow import ops; b = ops.backends(); assert b['loaded'], b['error']" \
+  || die "hvdkit's TensorFlow op library (hvdkit._tf_ops) was built but does not load"
 
 inputs_hash > "$STAMP"
 note "ready in $(( $(date +%s) - started )) s"

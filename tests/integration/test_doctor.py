@@ -14,7 +14,8 @@ def test_reports_a_complete_build(hvdkit_cli):
     assert rows["tensorflow"].startswith("2.21")
     assert set(rows["horovod frameworks"].split(", ")) >= {"torch", "tensorflow"}
     assert set(rows["horovod controllers"].split(", ")) == {"mpi", "gloo"}
-    assert "cpu" in rows["hvdkit._C backends"]
+    assert rows["hvdkit._C backends"].startswith("cpu")
+    assert rows["hvdkit._tf_ops backends"].startswith("cpu")
     assert "Open MPI" in rows["mpirun"]
 
 
