@@ -57,9 +57,9 @@ fi
 [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
 activate_venv
 rm -f "$STAMP"
-pip install --quiet pip==26.3 setuptools==84.2.1 wheel==0.48.0 \
+pip install -qq pip==26.3 setuptools==84.2.1 wheel==0.48.0 \
   || die "could not reach the Python package registry (pip install failed); check the network or set PIP_INDEX_URL"
-pip install --quiet -r requirements.txt \
+pip install -qq -r requirements.txt \
   || die "installing requirements.txt failed (see pip's message above)"
 
 # --- Horovod -------------------------------------------------------------
@@ -68,7 +68,8 @@ pip install --quiet -r requirements.txt \
 # --- hvdkit and its extension --------------------------------------------
 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --quiet --no-build-isolation --no-deps -e . > /tmp/hvdkit-pip-e.log 2>&1 \
   || { tail -n 40 /tmp/hvdkit-pip-e.log >&2; die "building hvdkit's C++ extension failed (log above)"; }
-python -c "import hvdkit._C" || die "hvdkit._C was built but does not import"
+python -c "from hvdkit import ops; b = ops.backends(); assert b['loaded'], b['error']" \
+  || die "hvdkit's torch extension (hvdkit._C) was built but does not load"
 python -c "from hvdkit.tensorflow import ops; b = ops.backends(); assert b['loaded'], b['error']" \
   || die "hvdkit's TensorFlow op library (hvdkit._tf_ops) was built but does not load"
 
