@@ -11,6 +11,10 @@ as Horovod's script does, ``Img/sec per rank: m +- 1.96 sigma`` and
 ``Total img/sec on N ranks``. JSON records have the keys ``framework``,
 ``impl`` (``horovod`` or ``hvdkit``), ``compression``, ``np``,
 ``img_sec_per_rank``, ``ci95`` and ``total_img_sec``.
+
+Both implementations run with the Horovod settings of
+``hvdkit.horovod_env`` (export a variable to override it for both), so the
+comparison measures the optimizers, not Horovod's cycle time.
 """
 import argparse
 import json
@@ -63,6 +67,9 @@ def worker(args):
     if args.impl == "horovod":
         import horovod.torch as hvd
 
+        from hvdkit import horovod_env
+
+        horovod_env.apply_defaults()  # the same Horovod settings for both, so only the optimizers differ
         hvd.init()
     else:
         import hvdkit.torch as hvd

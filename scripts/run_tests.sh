@@ -7,9 +7,16 @@ cd "$(dirname "$0")/.."
 source scripts/common.sh
 activate_venv
 
-status=0
-python -m pytest -q tests/unit || status=1
-python -m pytest -q tests/integration || status=1
-bash scripts/run_parallel_tests.sh || status=1
-if [ "$status" = 0 ]; then echo "hvdkit: all test stages passed"; else echo "hvdkit: some test stages FAILED" >&2; fi
-exit "$status"
+passed=0
+failed=0
+stage() {  # name, command...
+  local name="$1"; shift
+  echo "=== stage: $name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "=== stage FAILED: $name" >&2; fi
+}
+
+stage unit python -m pytest -q tests/unit
+stage integration python -m pytest -q tests/integration
+stage parallel bash scripts/run_parallel_tests.sh
+echo "stages: $passed passed, $failed failed"
+[ "$failed" = 0 ]
