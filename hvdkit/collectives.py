@@ -39,11 +39,11 @@ import time
 from hvdkit import _frameworks
 
 OPS = ("average", "sum")
-# Handle.wait: yield-poll this long per op, then sleep from the first to the
-# longest interval (see Handle.wait for why it does not just spin).
-_SPIN_S = 300e-6
-_FIRST_SLEEP_S = 20e-6
-_MAX_SLEEP_S = 250e-6
+# Handle.wait: yield-poll this long per op, then sleep this fraction of the
+# time waited so far, at least _MIN_SLEEP_S (see Handle.wait for why).
+_SPIN_S = 1e-3
+_SLEEP_FRACTION = 0.02
+_MIN_SLEEP_S = 20e-6
 
 __all__ = [
     "OPS",
@@ -101,27 +101,28 @@ class Handle:
     def wait(self):
         """Block until the chain has finished; return its result.
 
-        Polls with ``sched_yield`` for the first 300 us of each op (small
-        ops finish within it), then sleeps between polls (20 us doubling to
-        250 us) instead of spinning the way ``hvd.synchronize`` does: when
-        ranks fill the cores, a spinning caller takes CPU from Horovod's
-        background thread, which does the actual work; on 2 cores that made
-        16-64 MiB allreduces 2-3x slower (see benchmarks/README.md).
+        For the first millisecond of each op it polls with ``sched_yield``,
+        like ``hvd.synchronize``, so short ops see no extra latency. After
+        that it sleeps between polls, each sleep 2 % of the time waited so
+        far (at least 20 us), so completion is noticed at most ~2 % late.
+        A caller that keeps spinning competes for the CPU with Horovod's
+        background thread, which does the work: on the 2-core machine under
+        load from other processes, spinning made 16-64 MiB allreduces 2x
+        slower (benchmarks/README.md, section "allreduce").
         """
-        spin_until = time.perf_counter() + _SPIN_S
-        delay = _FIRST_SLEEP_S
+        started = time.perf_counter()
         while True:
             remaining = len(self._steps)
             if self.poll():
                 return self._result
+            now = time.perf_counter()
             if len(self._steps) != remaining:  # the next op of the chain started
-                spin_until = time.perf_counter() + _SPIN_S
-                delay = _FIRST_SLEEP_S
-            if time.perf_counter() < spin_until:
+                started = now
+            waited = now - started
+            if waited < _SPIN_S:
                 os.sched_yield()
             else:
-                time.sleep(delay)
-                delay = min(2 * delay, _MAX_SLEEP_S)
+                time.sleep(max(_MIN_SLEEP_S, _SLEEP_FRACTION * waited))
 
 
 def _reduce_op(hvd, op):

@@ -11,17 +11,24 @@ import os
 
 DEFAULTS = {
     # Horovod's background thread wakes once per cycle to agree with the
-    # other ranks on which tensors are ready; an op waits for the next cycle
-    # to start, so the 1 ms default is a latency floor of ~1 ms per op.
-    # 0.1 ms brings small-message latency to ~0.2 ms on the 2-core machine;
-    # shorter cycles gained nothing measurable there (the negotiation itself
-    # takes tens of microseconds) and only add wake-ups.
+    # other ranks on which tensors are ready, and an op needs about two
+    # cycles from submission to completion, so the shipped 1 ms makes every
+    # small allreduce take 1-2 ms. Measured on the 2-core machine (2 ranks,
+    # 4 B-64 KiB): 1 ms -> 1.3-2.1 ms mean, 0.1 ms -> 0.30-0.36 ms, 0.05 ms ->
+    # 0.22-0.25 ms, 0 (no sleep) -> 0.08 ms but a core kept busy. 0.1 ms takes
+    # most of the gain while keeping a cycle long enough for the tensors of
+    # a backward pass to be fused together.
     "HOROVOD_CYCLE_TIME": "0.1",
-    # Ready tensors up to this many bytes are packed into one buffer and
-    # reduced as one message. A single tensor never goes through the buffer,
-    # and busbw on the benchmark machine peaks at 1-8 MiB messages, so 64 MiB
-    # (half the shipped 128 MiB, and half the buffer memory) loses nothing.
-    "HOROVOD_FUSION_THRESHOLD": str(64 * 1024 * 1024),
+    # Tensors ready in the same cycle are packed into fused buffers of up to
+    # this many bytes, each reduced as one message. Reducing 64 MiB of
+    # gradients given as 64 x 1 MiB tensors (2 ranks, the 2-core machine)
+    # took 28-33 ms with 16 MiB, 32-37 ms with 8 MiB, 42-50 ms with 32 MiB
+    # and 41-48 ms with the shipped 128 MiB (4 MiB: 17 or 43 ms, unstable):
+    # an allreduce whose working set (the buffer on both ranks) fits the
+    # 32 MiB L3 cache runs 2-3x faster (raw MPI_Allreduce: 6-7 GB/s busbw at
+    # 16 MiB, 2.5 GB/s at 64 MiB). A single tensor never goes through the
+    # fusion buffer. Machines with larger caches may prefer more.
+    "HOROVOD_FUSION_THRESHOLD": str(16 * 1024 * 1024),
     # Warn when some ranks have submitted a tensor and others have not for
     # this long (Horovod's default, made explicit).
     "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
@@ -33,10 +40,22 @@ DEFAULTS = {
     # background thread is always inside one (every cycle it negotiates with
     # the other ranks), so on a machine whose cores the ranks fill, an idle
     # Horovod took 35-50 % of a core per rank and made single-threaded
-    # compute beside it 1.4-2x slower. Yielding while idle removed that
+    # compute beside it 1.4-2.1x slower. Yielding while idle removed that
     # slowdown; where cores are spare, a yield with nothing else to run
-    # returns at once and costs about a microsecond.
+    # returns at once (raw MPI was no slower with it).
     "OMPI_MCA_mpi_yield_when_idle": "1",
+}
+
+
+# Settings a process reads when it starts, before hvdkit runs: a launcher
+# (``hvdkit run``) should put them in every rank's environment.
+LAUNCH_DEFAULTS = {
+    # PyTorch backs CPU tensors of 2 MiB and more with transparent huge pages
+    # (read once, at torch's first allocation). MPI's shared-memory transport
+    # moves the data page by page: a 16 MiB in-place MPI_Allreduce on torch
+    # memory took 3.7 ms with 4 KiB pages and 2.8 ms with huge pages (numpy
+    # arrays get huge pages by default: 2.5 ms).
+    "THP_MEM_ALLOC_ENABLE": "1",
 }
 
 

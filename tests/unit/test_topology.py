@@ -127,3 +127,9 @@ def test_settings_never_override_the_user():
 def test_gloo_without_horovodrun_variables_says_how_to_launch():
     with pytest.raises(RuntimeError, match=r"HOROVOD_RANK is not set: launch with horovodrun --gloo"):
         topology.discover({"HOROVOD_CONTROLLER": "gloo"})
+
+
+def test_launch_settings_are_separate_from_the_ones_init_applies():
+    env = {}
+    horovod_env.apply_defaults(env)
+    assert not set(horovod_env.LAUNCH_DEFAULTS) & set(env)

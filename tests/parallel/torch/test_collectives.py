@@ -87,3 +87,15 @@ def test_hierarchical_allgather_async_of_integers(hvd, topo):
     handle = collectives.hierarchical_allgather_async(mine, hvd, topo, name="gather.async")
     expected = np.concatenate([np.arange(4) + 100 * r for r in range(topo.size)])
     assert np.array_equal(handle.wait().numpy(), expected)
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_inplace_writes_the_result_into_the_tensor(hvd, topo, hierarchical):
+    inputs = every_rank(topo, (6, 5), np.int64, seed=5)
+    mine = torch.from_numpy(inputs[topo.rank].copy())
+    if hierarchical:
+        out = collectives.hierarchical_allreduce(mine, hvd, topo, op="sum", name="inplace.hier", inplace=True)
+    else:
+        out = collectives.allreduce(mine, hvd, op="sum", name="inplace.flat", inplace=True)
+    assert out is mine
+    assert np.array_equal(mine.numpy(), np.sum(inputs, axis=0))
