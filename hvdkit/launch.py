@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from hvdkit import rank_status
+from hvdkit import horovod_env, rank_status
 from hvdkit.errors import UsageError
 
 # Variables forwarded to every rank (mpirun only forwards what -x names to
@@ -95,10 +95,14 @@ def forwarded_names(environ):
 def rank_environment(np, local_cores, environ):
     """Variables added for every rank: as root, Open MPI's consent; when ranks
     outnumber cores, one intra-op thread each, so oversubscribed ranks do not
-    fight over the cores (unless the user chose a number)."""
+    fight over the cores (unless the user chose a number); and the settings
+    that must be in place before a rank starts (``horovod_env.LAUNCH_DEFAULTS``)."""
     env = dict(root_environment())
     if np > local_cores and "OMP_NUM_THREADS" not in environ:
         env["OMP_NUM_THREADS"] = "1"
+    for name, value in horovod_env.LAUNCH_DEFAULTS.items():
+        if name not in environ:
+            env[name] = value
     return env
 
 

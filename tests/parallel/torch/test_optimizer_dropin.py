@@ -16,6 +16,13 @@ from optimizer_support import batch, make_model
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def hvdkit_initialises_horovod_first():
+    """The scripts below call hvd.init() of either module; hvdkit's must come first in the
+    process so the node process sets exist (Horovod registers them only at init)."""
+    hvdkit.torch.init()
+
+
 def horovod_example(hvd, fp16_allreduce=False, epochs=2, steps_per_epoch=4):
     hvd.init()
     torch.manual_seed(42)
