@@ -120,9 +120,12 @@ class Reducer:
         """Pack the bucket's tensors (in the bucket's slot order) and start its exchange."""
         self.check_ranks()
         bucket = self.buckets[bucket_index]
-        flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
         self.meter.bucket(bucket.nbytes)
         compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
+        if not compressed and self.links.world.size == 1:  # a lone rank's average is its own gradient
+            self.flights[bucket_index] = _Unexchanged(tensors)
+            return
+        flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
         compressor = self.compressor if compressed else self.dense
         route = self._route(bucket, compressor)
         link = self.links.world if route == "flat" else self.links
@@ -143,13 +146,19 @@ class Reducer:
         unpack into (torch: the ``.grad`` tensors, written in place); without it the flat buckets are
         returned. Returns ({bucket index: unpacked tensors or flat bucket}, finite), applies the
         non-finite policy and records this step's StepStats in ``last_stats``."""
-        results = {}
+        results, bad = {}, []
         for index in sorted(self.flights):
-            results[index] = self.meter.timed("wait_s", self.flights[index].wait)
-        bad = [index for index, flat in results.items() if not self.ops.all_finite(flat)]
-        if targets is not None:
-            results = {index: self.meter.timed("pack_s", self.ops.unpack, flat, targets(index))
-                       for index, flat in results.items()}
+            flight = self.flights[index]
+            if isinstance(flight, _Unexchanged):
+                if not all(self.ops.all_finite(t) for t in flight.tensors):
+                    bad.append(index)
+                results[index] = flight.tensors if targets is not None else self.ops.pack(flight.tensors, 1.0)[0]
+                continue
+            flat = self.meter.timed("wait_s", flight.wait)
+            if not self.ops.all_finite(flat):
+                bad.append(index)
+            results[index] = flat if targets is None else self.meter.timed(
+                "pack_s", self.ops.unpack, flat, targets(index))
         self.last_stats = self.meter.finish(self.steps, skipped=bool(bad) and self.nonfinite == "skip")
         self.flights, self.meter = {}, StatsMeter()
         self.steps += 1
@@ -183,3 +192,17 @@ class Reducer:
                 raise ValueError(f"checkpoint has compression state for bucket {key!r}; this optimizer has "
                                  f"{len(self.buckets)} buckets: the model or fusion_mb changed")
             self._state(self.buckets[int(index)], route).load_dict(value)
+
+
+class _Unexchanged:
+    """A dense bucket of a world of one rank: nothing to send, so it is neither packed nor unpacked.
+    ``finish`` hands back the launched tensors themselves (which the torch front end launches from, and
+    unpacks into, the same ``.grad`` tensors)."""
+
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def poll(self):
+        return True
