@@ -31,6 +31,19 @@ class _Torch:
     def int64_tensor_like(self, like, values):
         return self._torch.tensor(values, dtype=self._torch.int64, device=like.device)
 
+    def numel(self, t):
+        return t.numel()
+
+    def copy(self, t):
+        """A copy the receiver may change in place."""
+        return t.clone()
+
+    def add_ranks(self, a, b):
+        """``a + b`` as Horovod sums two ranks' values (float16 added in float32, as its MPI sum does)."""
+        if a.dtype == self._torch.float16:
+            return (a.float() + b.float()).to(a.dtype)
+        return a + b
+
 
 class _TensorFlow:
     def __init__(self):
@@ -56,6 +69,20 @@ class _TensorFlow:
 
     def int64_tensor_like(self, like, values):
         return self._tf.constant(values, dtype=self._tf.int64)
+
+    def numel(self, t):
+        return int(self._tf.size(t))
+
+    def copy(self, t):
+        """TensorFlow tensors are immutable: sharing one is as good as a copy."""
+        return t
+
+    def add_ranks(self, a, b):
+        """``a + b`` as Horovod sums two ranks' values (float16 added in float32, as its MPI sum does)."""
+        tf = self._tf
+        if a.dtype == tf.float16:
+            return tf.cast(tf.cast(a, tf.float32) + tf.cast(b, tf.float32), a.dtype)
+        return a + b
 
 
 _adapters = {}
