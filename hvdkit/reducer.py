@@ -29,6 +29,7 @@ from hvdkit.stats import StatsMeter
 __all__ = ["NONFINITE_POLICIES", "Reducer", "hierarchical_links"]
 
 NONFINITE_POLICIES = ("skip", "raise", "pass")
+_WHERE = "hvdkit DistributedOptimizer"  # how per-step errors name the optimizer
 STRATEGIES = {"flat": comm.flat, "sharded": comm.sharded, "replicated": comm.replicated}
 
 
@@ -50,7 +51,8 @@ class Reducer:
     """Exchanges the gradients of a fixed list of tensors, bucket by bucket, every step."""
 
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
-                 "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked")
+                 "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
+                 "fusion_bytes", "changed")
 
     def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt"):
         if nonfinite not in NONFINITE_POLICIES:
@@ -74,22 +76,28 @@ class Reducer:
         self.meter = StatsMeter()  # totals of the step in progress
         self.last_stats = None  # stats.StepStats of the last finished step
         self._checked = False  # ranks compared their models (first launch)
+        self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
+        self.changed = []  # this rank's tensors that changed shape or dtype since the plan, until finish()
 
     def _compressible(self, info):
         return (self.compressor.name != "none" and info.dtype == "float32"
                 and info.numel >= self.spec.options["min_numel"] and self.compressor.accepts(info.shape))
 
     def settings(self):
-        """What must match on every rank besides the tensors."""
-        return {"compression": str(self.spec), "buckets": [b.numel for b in self.buckets],
-                "prescale": self.prescale, "hierarchical": self.links.intra is not None}
+        """What must match on every rank besides the tensors; an error names the first key that differs."""
+        spec = self.spec
+        return {"the optimizer's name (create DistributedOptimizers in the same order on every rank)": self.name,
+                "compression": spec.name if spec.arg is None else f"{spec.name}:{spec.arg!r}",
+                **{f"compression option {key}": value for key, value in sorted(spec.options.items())},
+                "fusion_mb": round(self.fusion_bytes / 2**20, 6), "hierarchical": self.links.intra is not None,
+                "op": "average" if self.prescale != 1.0 else "sum", "buckets": [b.numel for b in self.buckets]}
 
-    def check_ranks(self):
-        """Once, before the first collective: every rank must have the same tensors and settings."""
+    def check_ranks(self, where="hvdkit DistributedOptimizer"):
+        """Once, before the first collective: every rank must have the same tensors and settings
+        (``where`` names the caller in the error)."""
         if not self._checked:
             description = [(i.name, tuple(i.shape), i.dtype) for i in self.infos]
-            consistency.require_same(description, self.transport.allgather_object, self.settings(),
-                                     where="hvdkit DistributedOptimizer")
+            consistency.require_same(description, self.transport.allgather_object, self.settings(), where=where)
             self._checked = True
 
     def _route(self, bucket, compressor):
@@ -120,12 +128,19 @@ class Reducer:
         """Pack the bucket's tensors (in the bucket's slot order) and start its exchange."""
         self.check_ranks()
         bucket = self.buckets[bucket_index]
+        changes = consistency.tensor_changes(bucket.slots, bucket.dtype, tensors)
+        if changes and self.links.world.size == 1:
+            consistency.require_unchanged(changes, lambda mine: [mine], where=_WHERE)
         self.meter.bucket(bucket.nbytes)
         compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
         if not compressed and self.links.world.size == 1:  # a lone rank's average is its own gradient
             self.flights[bucket_index] = _Unexchanged(tensors)
             return
-        flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
+        if changes:  # send a poisoned bucket of the planned size: no rank waits on a mismatch; finish() names it
+            self.changed += changes
+            flat, nonfinite = self._filler(bucket, tensors[0]), True
+        else:
+            flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
         compressor = self.compressor if compressed else self.dense
         route = self._route(bucket, compressor)
         link = self.links.world if route == "flat" else self.links
@@ -157,14 +172,33 @@ class Reducer:
             flat = self.meter.timed("wait_s", flight.wait)
             if not self.ops.all_finite(flat):
                 bad.append(index)
-            results[index] = flat if targets is None else self.meter.timed(
+            results[index] = flat if targets is None or self.changed else self.meter.timed(
                 "pack_s", self.ops.unpack, flat, targets(index))
+        if bad:
+            self._check_unchanged()
         self.last_stats = self.meter.finish(self.steps, skipped=bool(bad) and self.nonfinite == "skip")
         self.flights, self.meter = {}, StatsMeter()
         self.steps += 1
         if bad:
             self._nonfinite(bad)
         return results, not bad
+
+    def _filler(self, bucket, like):
+        """NaN-poisoned zeros in the bucket's wire dtype (float16, else float32: bfloat16 travels as float32)."""
+        flat = self.ops.zeros(bucket.numel, like)
+        if bucket.dtype == "float16":
+            flat, _ = self.ops.cast(flat, "float16")
+        return self.ops.poison(flat)
+
+    def _check_unchanged(self):
+        """Every rank sees the same non-finite buckets; if some rank's tensors changed (and it sent a filler),
+        raise on every rank naming them (hvdkit.consistency.require_unchanged)."""
+        changed, self.changed = self.changed, []
+        try:
+            consistency.require_unchanged(changed, self.transport.allgather_object, where=_WHERE)
+        except ValueError:
+            self.flights, self.meter = {}, StatsMeter()
+            raise
 
     def _nonfinite(self, bad):
         names = [slot.name for index in bad for slot in self.buckets[index].slots]

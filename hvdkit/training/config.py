@@ -4,13 +4,15 @@ Everything here runs before any rank starts: a bad flag costs one line and
 exit code 2, not a launched job that fails later on every rank.
 """
 import dataclasses
+import math
 import os
 import tempfile
 
+from hvdkit import env_check
 from hvdkit.errors import UsageError
 
 FRAMEWORKS = ("torch", "tensorflow")
-AVAILABLE_FRAMEWORKS = ("torch",)  # the TensorFlow training loop arrives with hvdkit.tensorflow
+AVAILABLE_FRAMEWORKS = ("torch", "tensorflow")
 MODELS = ("mlp", "cnn", "resnet18")
 LAUNCHERS = ("mpi", "gloo")
 
@@ -31,6 +33,7 @@ class TrainConfig:
     average_every: int = None  # local SGD: average parameters every H steps instead of gradients every step
     average_warmup: int = 0  # post-local SGD: synchronous steps before local steps begin
     checkpoint: str = None
+    checkpoint_every: int = None  # also save every N optimizer steps (mid-epoch); torch only
     log_dir: str = "runs/hvdkit-train"
     seed: int = 0
     launcher: str = None  # None: mpirun when installed, else horovodrun --gloo
@@ -56,6 +59,9 @@ def add_arguments(parser):
     parser.add_argument("--average-warmup", type=int, default=defaults.average_warmup, metavar="STEPS",
                         help="post-local SGD: synchronous steps before --average-every starts (default 0)")
     parser.add_argument("--checkpoint", default=None, metavar="DIR", help="save (and resume from) checkpoints here")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                        help="with --checkpoint: also save every STEPS optimizer steps, so a resume "
+                             "starts mid-epoch at the exact sample (default: at epoch ends only)")
     parser.add_argument("--log-dir", default=defaults.log_dir, help="metrics.jsonl and TensorBoard events")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     which = parser.add_mutually_exclusive_group()
@@ -95,40 +101,122 @@ def _writable_dir(flag, path):
         raise UsageError(f"{flag} {path!r} is not a writable directory ({err.strerror or err})") from None
 
 
-def validate(config, world_size, train_samples):
-    """Raise UsageError naming the first bad flag. ``world_size`` is the number
-    of ranks that will train; ``train_samples`` the dataset's training size."""
+def validate(config, world_size, train_samples=None, environ=None):
+    """Raise UsageError naming the first bad flag or environment variable. ``world_size``
+    is the number of ranks that will train; ``train_samples`` the dataset's training size
+    (None: leave the batch-size check to ``check_shard``); ``environ`` defaults to ``os.environ``."""
+    environ = os.environ if environ is None else environ
     if config.framework not in AVAILABLE_FRAMEWORKS:
         raise UsageError(f"--framework {config.framework}: this version trains with "
                          f"{', '.join(AVAILABLE_FRAMEWORKS)} only")
+    if config.framework == "tensorflow" and config.average_every and config.average_warmup:
+        raise UsageError(f"--average-warmup {config.average_warmup}: post-local SGD is not available with "
+                         "--framework tensorflow (use --average-every alone, or --framework torch)")
     _positive("-np", world_size)
     _positive("--epochs", config.epochs)
     _positive("--batch-size", config.batch_size)
     _positive("--average-every", config.average_every)
     if config.average_warmup < 0:
         raise UsageError(f"--average-warmup must be >= 0, got {config.average_warmup}")
-    if not config.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {config.lr}")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise UsageError(f"--lr must be a finite number > 0, got {config.lr}")
+    if not 0 <= config.seed < 2**63:
+        raise UsageError(f"--seed must be an integer in [0, 2**63), got {config.seed}")
     if not 0 <= config.momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1), got {config.momentum}")
     if config.ranks_per_node is not None:
         _positive("--ranks-per-node", config.ranks_per_node)
         if world_size % config.ranks_per_node:
             raise UsageError(f"--ranks-per-node {config.ranks_per_node} does not divide -np {world_size}")
+    _check_environment(config, world_size, environ)
+    if train_samples is not None:
+        check_shard(config, world_size, train_samples)
+    spec = _check_compression(config.compression)
+    _check_local_sgd(config, spec)
+    _check_hierarchical(config, world_size, environ)
+    _check_checkpoint_every(config)
+    if config.checkpoint is not None:
+        _writable_dir("--checkpoint", config.checkpoint)
+    _writable_dir("--log-dir", config.log_dir)
+
+
+def check_shard(config, world_size, train_samples):
+    """Every rank needs at least one full batch of its shard of ``train_samples``."""
     shard = -(-train_samples // world_size)
     if config.batch_size > shard:
         raise UsageError(f"--batch-size {config.batch_size} is larger than a rank's shard "
                          f"({shard} of {train_samples} {config.dataset} training samples on {world_size} ranks)")
-    _check_compression(config.compression)
-    if config.checkpoint is not None:
-        _writable_dir("--checkpoint", config.checkpoint)
-    _writable_dir("--log-dir", config.log_dir)
 
 
 def _check_compression(spec):
     from hvdkit.compression import spec as compression_spec
 
     try:
-        compression_spec.parse(spec)
+        return compression_spec.parse(spec)
     except ValueError as err:
         raise UsageError(f"--compression: {err}") from None
+
+
+def _check_local_sgd(config, spec):
+    """Local SGD exchanges gradients only in its --average-warmup steps; compression that would never
+    run is a contradiction, not a silent no-op."""
+    if config.average_every is None:
+        if config.average_warmup:
+            raise UsageError(f"--average-warmup {config.average_warmup} needs --average-every H (post-local SGD); "
+                             f"without it every step averages gradients")
+        return
+    if spec.name != "none" and spec.options["warmup"] >= config.average_warmup:
+        raise UsageError(
+            f"--compression {config.compression} would never run: with --average-every {config.average_every} "
+            f"gradients are exchanged only in the --average-warmup {config.average_warmup} synchronous steps"
+            + (f", all inside the compression's own warmup={spec.options['warmup']}" if config.average_warmup else "")
+            + "; use --compression none, or a longer --average-warmup")
+
+
+def _launched(environ):
+    """Inside a rank started by mpirun or horovodrun (where the hosts, not this flag set, say where ranks run)."""
+    return any(name in environ for name in ("OMPI_COMM_WORLD_SIZE", "HOROVOD_RANK", "PMI_SIZE"))
+
+
+def _ranks_per_node(config, environ):
+    """Emulated node size in effect: the flag, else HVDKIT_RANKS_PER_NODE (already checked), else None."""
+    if config.ranks_per_node is not None:
+        return config.ranks_per_node
+    text = environ.get(env_check.RANKS_PER_NODE, "").strip()
+    return int(text) if text else None
+
+
+def _check_hierarchical(config, world_size, environ):
+    """--hierarchical needs several nodes of several ranks; anything else silently runs flat."""
+    if not config.hierarchical:
+        return
+    k = _ranks_per_node(config, environ)
+    if k is None:
+        if _launched(environ):
+            return  # the launcher's hosts decide the nodes
+        raise UsageError("--hierarchical: hvdkit train starts every rank on this host, which is one node; add "
+                         "--ranks-per-node K to emulate nodes of K ranks (1 < K < -np, dividing it)")
+    if not 1 < k < world_size:
+        raise UsageError(f"--hierarchical needs several nodes of several ranks, but {k} ranks per node at "
+                         f"-np {world_size} make {world_size // k} node(s) of {k}; choose --ranks-per-node K "
+                         f"with 1 < K < {world_size}, dividing it")
+
+
+def _check_environment(config, world_size, environ):
+    """The variables hvdkit and Horovod read (hvdkit.env_check), as the ranks will see them: a
+    --ranks-per-node flag replaces HVDKIT_RANKS_PER_NODE."""
+    if config.ranks_per_node is not None:
+        environ = dict(environ, **{env_check.RANKS_PER_NODE: str(config.ranks_per_node)})
+    env_check.validate(environ, world_size)
+
+
+def _check_checkpoint_every(config):
+    """--checkpoint-every needs --checkpoint, and the torch loop (the TensorFlow loop saves per epoch)."""
+    if config.checkpoint_every is None:
+        return
+    _positive("--checkpoint-every", config.checkpoint_every)
+    if config.checkpoint is None:
+        raise UsageError(f"--checkpoint-every {config.checkpoint_every} needs --checkpoint DIR to save into")
+    if config.framework != "torch":
+        raise UsageError(f"--checkpoint-every: mid-epoch checkpoints are available with --framework torch only, "
+                         f"got --framework {config.framework}")
