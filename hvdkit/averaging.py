@@ -80,10 +80,20 @@ class PeriodicAverager:
         return self.last_scope
 
     def state_dict(self):
-        return {"steps": self.steps}
+        """The step count (averaging stays on the same steps after a resume) and the schedule it counts for."""
+        return {"steps": self.steps, "schedule": [list(pair) for pair in self.schedule],
+                "warmup_steps": self.warmup_steps}
 
     def load_state_dict(self, state):
-        self.steps = int(state["steps"])
+        """Resume the step count; a different schedule or warm-up is refused (older states hold steps only)."""
+        for key, mine in (("schedule", [list(pair) for pair in self.schedule]), ("warmup_steps", self.warmup_steps)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"local SGD state was saved with {key}={state[key]!r}, this averager has "
+                                 f"{key}={mine!r}")
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"local SGD state: steps must be an integer >= 0, got {steps!r}")
+        self.steps = steps
 
 
 def average_parameters(parameters, scope="world", hvd=None, topology=None):

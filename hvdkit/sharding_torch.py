@@ -76,15 +76,22 @@ class ShardedSampler(torch.utils.data.Sampler):
             yield index
 
     def state_dict(self, consumed=None):
-        """``{"epoch", "start", "seed"}`` to resume from; ``consumed`` defaults to
-        the number of indices this epoch's iterator has yielded so far."""
+        """``{"epoch", "start", "seed", "num_replicas", "shuffle", "remainder"}`` to resume from;
+        ``consumed`` defaults to the number of indices this epoch's iterator has yielded so far."""
         start = self._yielded if consumed is None else consumed
-        return {"epoch": self.epoch, "start": int(start), "seed": self.seed}
+        return {"epoch": self.epoch, "start": int(start), "seed": self.seed, "num_replicas": self.num_replicas,
+                "shuffle": self.shuffle, "remainder": self.remainder}
 
     def load_state_dict(self, state):
-        """Resume: the next iteration uses ``state["epoch"]`` and skips ``state["start"]`` indices."""
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"state_dict seed={state['seed']} differs from this sampler's seed={self.seed}")
+        """Resume: the next iteration uses ``state["epoch"]`` and skips ``state["start"]`` indices.
+
+        ``start`` counts this rank's indices of one particular order: a state saved with another
+        seed, world size, shuffle or remainder mode would resume at the wrong samples, so it is refused.
+        """
+        for key in ("seed", "num_replicas", "shuffle", "remainder"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"state_dict {key}={state[key]!r} differs from this sampler's "
+                                 f"{key}={getattr(self, key)!r}: the saved position cannot be resumed here")
         epoch, start = state["epoch"], state["start"]
         sharding.shard_indices(len(self.dataset), self.rank, self.num_replicas, epoch=epoch,
                                shuffle=False, remainder=self.remainder, start=start)

@@ -6,16 +6,20 @@ through hvdkit's ``DistributedOptimizer`` (with the chosen compression and
 hierarchy) or, with ``--average-every H``, steps locally and averages the
 model every H steps (:mod:`hvdkit.averaging`). Loss and test accuracy are
 averaged across ranks; rank 0 prints and logs them.
+
+With ``--checkpoint DIR`` every rank saves its state at each epoch's end (and
+every ``--checkpoint-every`` steps), and a rerun resumes from the newest save
+at the exact sample where it stopped, computing the same bits as a run that
+never stopped (:mod:`hvdkit.training.torch_state` says what is saved).
 """
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hvdkit import averaging, checkpoint, sharding
 from hvdkit.training import data as datasets
-from hvdkit.training import metrics, torch_models
+from hvdkit.training import metrics, torch_models, torch_state
 
 
 class EpochTotals:
@@ -30,6 +34,16 @@ class EpochTotals:
         self.seconds = 0.0  # wall time in training steps (evaluation excluded)
         self.bytes_sent = 0  # payload bytes this rank put on the wire
         self.dense_bytes = 0  # bytes an uncompressed exchange would have sent
+
+    def to_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, saved):
+        totals = cls()
+        for name in cls.__slots__:
+            setattr(totals, name, saved[name])
+        return totals
 
 
 def batches(indices, batch_size):
@@ -75,13 +89,19 @@ def step_traffic(optimizer, model_bytes):
     return (stats.bytes_sent, stats.dense_bytes) if stats is not None else (0, 0)
 
 
-def train_epoch(epoch, config, model, optimizer, x, y, hvd, topology):
-    totals = EpochTotals()
+def steps_per_epoch(config, train_samples, topology):
+    shard = sharding.shard_size(train_samples, topology.rank, topology.size, remainder="pad")
+    return -(-shard // config.batch_size)
+
+
+def train_epoch(epoch, first_step, totals, config, model, optimizer, x, y, hvd, topology, after_each):
+    """Steps ``first_step`` onwards of ``epoch``; ``after_each(steps taken this epoch)`` after each."""
     indices = sharding.shard_indices(len(y), topology.rank, topology.size, epoch=epoch, seed=config.seed,
-                                     remainder="pad")
+                                     remainder="pad", start=first_step * config.batch_size)
     steps = -(-len(indices) // config.batch_size)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    for batch in metrics.progress(batches(indices, config.batch_size), steps, topology.rank, f"epoch {epoch}"):
+    progress = metrics.progress(batches(indices, config.batch_size), steps, topology.rank, f"epoch {epoch}")
+    for step, batch in enumerate(progress, first_step + 1):
         started = time.perf_counter()
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x[batch]), y[batch])
@@ -94,6 +114,7 @@ def train_epoch(epoch, config, model, optimizer, x, y, hvd, topology):
         totals.loss_sum += loss.item()
         totals.steps += 1
         totals.samples += len(batch)
+        after_each(step)
     return totals
 
 
@@ -116,44 +137,56 @@ def epoch_record(epoch, totals, accuracy, hvd, topology):
     }
 
 
-def restore(config, model, optimizer):
-    """Load the newest checkpoint (every rank reads the same file); the epoch to start at."""
+def restore(config, model, optimizer, hvd, topology):
+    """Every rank loads its state from the newest checkpoint: (Position, totals of the epoch in
+    progress or None), or None when there is no checkpoint to resume from."""
     if not config.checkpoint:
-        return 0
-    state = checkpoint.load_latest(config.checkpoint)
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["epoch"] + 1
+        return None
+    found = checkpoint.load_sharded(config.checkpoint, topology.rank, topology.size,
+                                    _allgather(hvd, "hvdkit.checkpoint.load"))
+    if found is None:
+        return None
+    _, shared, local = found
+    position, totals = torch_state.restore(shared, local, config, model, optimizer)
+    return position, (None if totals is None else EpochTotals.from_dict(totals))
 
 
-def save(config, epoch, model, optimizer, topology):
-    if not config.checkpoint or topology.rank != 0:
-        return
-    payload = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "config": vars(config)}
-    checkpoint.save(config.checkpoint, epoch, payload)
+def save(config, position, model, optimizer, totals, hvd, topology):
+    """Collective: every rank writes its file of the checkpoint at ``position``."""
+    shared, local = torch_state.capture(config, model, optimizer, position,
+                                        None if totals is None else totals.to_dict(), topology.size)
+    checkpoint.save_sharded(config.checkpoint, position.global_step, topology.rank, local,
+                            _allgather(hvd, "hvdkit.checkpoint.save"),
+                            shared=shared if topology.rank == 0 else None)
 
 
-def train(config):
+def _allgather(hvd, name):
+    return lambda obj: hvd.allgather_object(obj, name=name)
+
+
+def train(config, after_step=None):
+    """Train on this rank. ``after_step(global_step)``, when given, is called wherever training could
+    resume from (the start, after each step, after each epoch's end), once the checkpoint due there
+    is saved; the resume tests stop the job there."""
     import hvdkit.torch as hvd
 
     hvd.init()
     from hvdkit import topology as topology_module
 
     topology = topology_module.current()
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    torch_state.seed_everything(config.seed)
     dataset = datasets.load(config.dataset, config.seed)
     x_train, y_train = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     x_test, y_test = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     model = torch_models.build(config.model, dataset.input_shape, dataset.num_classes)
     optimizer = make_optimizer(config, model, hvd, topology)
-    if config.checkpoint and topology.rank == 0:
-        checkpoint.clean_stale(config.checkpoint)
-    first_epoch = restore(config, model, optimizer)
-    hvd.broadcast_state(model, optimizer, root_rank=0)
+    resumed = restore(config, model, optimizer, hvd, topology)
+    if resumed is None:
+        position, resumed_totals = torch_state.Position(), None
+        hvd.broadcast_state(model, optimizer, root_rank=0)
+    else:  # each rank loaded its own state (per-rank in local SGD): check, do not overwrite
+        position, resumed_totals = resumed
+        hvd.check_model(model)
     writer = metrics.MetricsWriter(config.log_dir) if topology.rank == 0 else None
     if topology.rank == 0:
         print(f"hvdkit train: {config.model} on {config.dataset} ({dataset.describe()}), "
@@ -161,17 +194,38 @@ def train(config):
               + (f", model averaged every {config.average_every} steps after {config.average_warmup} synchronous"
                  if config.average_every else ""),
               flush=True)
+        if resumed is not None:
+            print(f"hvdkit train: resuming from {config.checkpoint} at step {position.global_step} "
+                  f"(epoch {position.epoch}, step {position.step})", flush=True)
+    per_epoch = steps_per_epoch(config, len(y_train), topology)
+    notify = after_step or (lambda _: None)
+
+    def after_each(step):
+        position.step = step
+        position.global_step += 1
+        if step < per_epoch:  # the epoch's last step is followed by its end (and that checkpoint)
+            if config.checkpoint_every and position.global_step % config.checkpoint_every == 0:
+                save(config, position, model, optimizer, totals, hvd, topology)
+            notify(position.global_step)
+
+    notify(position.global_step)
     record = None
-    for epoch in range(first_epoch, config.epochs):
-        totals = train_epoch(epoch, config, model, optimizer, x_train, y_train, hvd, topology)
-        if optimizer.local_phase:  # evaluate (and checkpoint) one model, the same on every rank
+    for epoch in range(position.epoch, config.epochs):
+        totals = EpochTotals() if resumed_totals is None else resumed_totals  # the resumed epoch's so far
+        resumed_totals = None
+        train_epoch(epoch, position.step, totals, config, model, optimizer, x_train, y_train, hvd, topology,
+                    after_each)
+        if optimizer.local_phase:  # evaluate one model, the same on every rank
             averaging.average_parameters(list(model.parameters()), "world", hvd, topology)
         accuracy = evaluate(model, x_test, y_test, hvd, topology)
         record = epoch_record(epoch, totals, accuracy, hvd, topology)
-        save(config, epoch, model, optimizer, topology)
+        position = torch_state.Position(epoch + 1, 0, position.global_step)
+        if config.checkpoint:
+            save(config, position, model, optimizer, None, hvd, topology)
         if writer is not None:
             writer.write(record)
             print(metrics.format_epoch(record), flush=True)
+        notify(position.global_step)
     if writer is not None:
         writer.close()
         if record is not None:

@@ -73,7 +73,7 @@ def test_compression_and_averaging_converge_like_dense(hvdkit_cli, tmp_path, den
 def test_resume_continues_after_the_last_checkpoint(hvdkit_cli, tmp_path):
     checkpoints, logs = tmp_path / "ckpt", tmp_path / "logs"
     train(hvdkit_cli, logs, "--epochs", "2", "--checkpoint", str(checkpoints))
-    assert (checkpoints / "latest").read_text().startswith("ckpt-00000001.pt")
+    assert (checkpoints / "latest").read_text().startswith("ckpt-00000046.pt")  # named by step: 2 epochs of 23
     _, records = train(hvdkit_cli, logs, "--epochs", "4", "--checkpoint", str(checkpoints))
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]  # the second run added epochs 2 and 3 only
 

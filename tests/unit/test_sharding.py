@@ -202,7 +202,8 @@ def test_torch_sampler_resumes_mid_epoch_once():
     iterator = iter(sampler)
     consumed = [next(iterator) for _ in range(5)]
     state = sampler.state_dict()
-    assert state == {"epoch": 4, "start": 5, "seed": 3} and consumed == full[:5]
+    assert state == {"epoch": 4, "start": 5, "seed": 3, "num_replicas": 2, "shuffle": True,
+                     "remainder": "uneven"} and consumed == full[:5]
 
     resumed = ShardedSampler(range(40), num_replicas=2, rank=1, seed=3, remainder="uneven")
     resumed.load_state_dict(state)
