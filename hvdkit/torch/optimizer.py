@@ -205,6 +205,27 @@ class _DistributedOptimizer:
         if saved is not None:
             self._reducer.load_state_dict(saved)
 
+    # --- elastic training (hvdkit.elastic) ----------------------------------------
+    def world_changed(self, keep_residuals):
+        """Exchange over the ranks Horovod has now, after an elastic reset restarted it with others.
+
+        The bucket plan, step count and PowerSGD factors carry over; error-feedback residuals only when
+        ``keep_residuals``: they hold this rank's unsent gradient already divided by the old world size,
+        and the share of a rank that left is gone. Flat exchange only: Horovod's restart drops the node
+        process sets, and ``_links`` falls back to the world when hvdkit's topology was not initialised."""
+        old = self._reducer
+        saved = old.state_dict()
+        if not keep_residuals:
+            for bucket_state in saved["buckets"].values():
+                bucket_state["residual"] = None
+        self._reducer = Reducer(old.infos, old.spec, old.ops, old.transport, _links(False),
+                                fusion_bytes=old.fusion_bytes, average=self.op == hvd.Average,
+                                nonfinite=old.nonfinite, name=old.name)
+        self._reducer.load_state_dict(saved)
+        self._delay = [self.backward_passes_per_step] * len(self._params)
+        self._missing = [len(b.slots) for b in self._reducer.buckets]
+        self._synchronized = False
+
 
 def _hook(optimizer_ref):
     """The per-parameter hook; holds the optimizer weakly so that replacing it frees it."""
