@@ -29,13 +29,31 @@ DEFAULTS = {
     # 16 MiB, 2.5 GB/s at 64 MiB). A single tensor never goes through the
     # fusion buffer. Machines with larger caches may prefer more.
     "HOROVOD_FUSION_THRESHOLD": str(16 * 1024 * 1024),
-    # Warn when some ranks have submitted a tensor and others have not for
-    # this long (Horovod's default, made explicit).
+    # Stall check (horovod/common/stall_inspector.cc, controller.cc). Only the
+    # coordinator (rank 0 of each process set) checks, once per this period:
+    # it lists, by global rank, the ranks that have not submitted a tensor
+    # others submitted more than this long ago ("Missing ranks: 1: [name]").
+    # A warning therefore comes 1-2 periods after the stall began (one more
+    # for a tensor answered from Horovod's response cache, which is first
+    # invalidated after one period and only then timed). Horovod's default.
     "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
-    # Never shut down on a stall (Horovod's default, made explicit): a rank
-    # legitimately busy alone (evaluation, checkpointing on rank 0) looks like
-    # a stall; hung jobs are bounded by the launcher's timeout instead.
-    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "0",
+    # End the job when a rank has been missing from a collective this long
+    # (Horovod: 0, never). At a check where a lag exceeds it, every rank's
+    # pending ops fail with HorovodInternalError, which hvdkit's excepthook
+    # (hvdkit.abort) turns into the end of the job, and `hvdkit run` names
+    # the rank marked "!" in Horovod's report. A rank legitimately busy
+    # alone (rank 0 writing a checkpoint to slow storage, evaluating, a
+    # first-step compile) looks exactly like a stall, so the limit is long:
+    # 10 minutes, the collective timeout PyTorch uses for NCCL, which users
+    # already live with. A real hang then costs 10-11 min, not forever. It
+    # must be 0 or >= the check time (Horovod silently ignores a shorter
+    # one; hvdkit.env_check refuses it); both are whole seconds (strtol).
+    # Horovod 0.28.1 under Gloo never reports or shuts down:
+    # GlooController fills global_ranks_ after reserve() instead of
+    # resize(), so the inspector's loop over global_ranks_.size() ranks
+    # runs zero times (gloo/gloo_controller.cc:92). A stopped rank is caught
+    # under both controllers by hvdkit.rank_status, with this same limit.
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
     # Open MPI busy-polls while a rank waits inside a collective. Horovod's
     # background thread is always inside one (every cycle it negotiates with
     # the other ranks), so on a machine whose cores the ranks fill, an idle

@@ -13,13 +13,17 @@ import subprocess
 import sys
 import tempfile
 
-from hvdkit import horovod_env, rank_status
+from hvdkit import env_check, horovod_env, job_processes, rank_status
 from hvdkit.errors import UsageError
 
 # Variables forwarded to every rank (mpirun only forwards what -x names to
 # remote hosts); any variable starting with one of these prefixes goes too.
 FORWARDED_PREFIXES = ("HVDKIT_", "HOROVOD_", "PYTHON", "OMP_", "NCCL_", "TF_", "CUDA_", "KMP_")
 FORWARDED_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+# After the launcher returns, how long the job's processes get to exit before
+# hvdkit SIGKILLs them (mpirun and horovodrun have already sent SIGTERM).
+LEFTOVER_GRACE_SECONDS = 3.0
 
 
 def add_arguments(parser):
@@ -141,9 +145,10 @@ def build_command(args, environ, status_dir=None):
     if args.np < 1:
         raise UsageError(f"-np must be >= 1, got {args.np}")
     hosts = parse_hosts(args.hosts, args.np)
+    env = dict(environ)
     if status_dir is not None:
         command = with_status_wrapper(command, status_dir)
-    env = dict(environ)
+        env[rank_status.STATUS_DIR_VARIABLE] = status_dir  # also marks every process of the job
     if args.ranks_per_node is not None:
         if args.ranks_per_node < 1 or args.np % args.ranks_per_node:
             raise UsageError(f"--ranks-per-node {args.ranks_per_node} must be >= 1 and divide -np {args.np}")
@@ -188,18 +193,35 @@ def exit_code(returncode):
     return 128 - returncode if returncode < 0 else returncode
 
 
+def end_leftovers(status_dir):
+    """SIGKILL what is left of the job once its launcher has returned (found by the job's
+    unique ``HVDKIT_STATUS_DIR`` in each process's environment, and by the pids the status
+    wrappers recorded), wait until it is gone, and say what had to be killed."""
+    left = job_processes.end(rank_status.STATUS_DIR_VARIABLE, status_dir,
+                             known=rank_status.recorded_processes(status_dir), grace=LEFTOVER_GRACE_SECONDS)
+    for pid, command in sorted(left.items()):
+        print(f"hvdkit run: killed pid {pid}, still running after the launcher exited: {command[:200]}",
+              file=sys.stderr)
+
+
 def main(args):
     with tempfile.TemporaryDirectory(prefix="hvdkit-run-") as status_dir:
         cmd, env = build_command(args, os.environ, status_dir)
+        env_check.validate(env, args.np)  # what every rank will read: a bad value stops here, exit 2
         if args.dry_run:
             print(" ".join(cmd))
             return 0
-        code = exit_code(run(cmd, env))
-        failure = rank_status.first_failure(status_dir) if code else None
-    if failure is None:
-        return code
-    print(f"hvdkit run: rank {failure['rank']} {rank_status.describe(failure['returncode'])}", file=sys.stderr)
-    return exit_code(failure["returncode"])
+        try:
+            code = exit_code(run(cmd, env))
+        finally:
+            end_leftovers(status_dir)
+        if not code:
+            return 0
+        blamed = rank_status.culprit(status_dir)
+        failure = rank_status.first_failure(status_dir)
+    if blamed is not None:
+        print(f"hvdkit run: {blamed[1]}", file=sys.stderr)
+    return exit_code(failure["returncode"]) if failure is not None else code
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import dataclasses
 import os
 import threading
 
-from hvdkit import horovod_env
+from hvdkit import abort, horovod_env
 
 ENV_RANKS_PER_NODE = "HVDKIT_RANKS_PER_NODE"
 
@@ -245,6 +245,7 @@ def init(hvd):
         if not already:
             horovod_env.apply_defaults()  # before discover(): MPI reads its settings when it starts
         rank, nodes, emulated, launcher = discover()
+        abort.install(rank, launcher)  # from here an uncaught exception ends the job, not just this rank
         wanted = process_set_ranks(nodes)
         if already:
             if wanted:
