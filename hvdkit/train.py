@@ -10,10 +10,12 @@ import sys
 
 from hvdkit import launch
 from hvdkit.training import config as train_config
+from hvdkit.training import elastic_loop
 
 
 def add_arguments(parser):
     train_config.add_arguments(parser)
+    elastic_loop.add_arguments(parser)  # --elastic, --min-np, --max-np, --host-discovery-script, --commit-every
 
 
 def inside_launcher(environ=os.environ):
@@ -31,12 +33,19 @@ def launcher_world_size(environ=os.environ):
 def check(config, world_size):
     from hvdkit.training import data
 
-    dataset = data.load(config.dataset, config.seed)
-    train_config.validate(config, world_size, len(dataset.x_train))
+    train_config.validate(config, world_size)  # flags and environment first: they need no dataset
+    train_config.check_shard(config, world_size, len(data.load(config.dataset, config.seed).x_train))
+
+
+# TensorFlow's C++ info and warning logs, which every rank would print (an exported value wins).
+TENSORFLOW_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def relaunch(config):
     """Start this same command on ``config.np`` ranks and return its exit code."""
+    if config.framework == "tensorflow":
+        for name, value in TENSORFLOW_QUIET.items():
+            os.environ.setdefault(name, value)
     run_argv = ["-np", str(config.np)]
     if config.launcher:
         run_argv.append(f"--{config.launcher}")
@@ -51,6 +60,8 @@ def relaunch(config):
 
 
 def main(args):
+    if args.elastic:  # its own launch (horovodrun's elastic mode) and loop
+        return elastic_loop.main(args)
     config = train_config.from_args(args)
     if inside_launcher():
         check(config, launcher_world_size())
@@ -60,6 +71,10 @@ def main(args):
 
 
 def run_worker(config):
+    if config.framework == "tensorflow":
+        from hvdkit.training import tf_loop
+
+        return tf_loop.train(config)
     from hvdkit.training import torch_loop
 
     return torch_loop.train(config)
