@@ -26,11 +26,23 @@ from hvdkit.compression.seeds import mix
 from hvdkit.compression.state import BucketState
 from hvdkit.stats import StatsMeter
 
-__all__ = ["NONFINITE_POLICIES", "Reducer", "hierarchical_links"]
+__all__ = ["NONFINITE_POLICIES", "Reducer", "hierarchical_links", "refuse_horovod_only_arguments"]
 
 NONFINITE_POLICIES = ("skip", "raise", "pass")
 _WHERE = "hvdkit DistributedOptimizer"  # how per-step errors name the optimizer
 STRATEGIES = {"flat": comm.flat, "sharded": comm.sharded, "replicated": comm.replicated}
+
+
+def refuse_horovod_only_arguments(hvd, where, gradient_predivide_factor, groups, num_groups, process_set):
+    """Horovod arguments the front ends accept for its call pattern but cannot honour: a clear error
+    naming the argument (``where``: what is being built, e.g. "DistributedOptimizer")."""
+    if gradient_predivide_factor != 1.0:
+        raise ValueError(f"gradient_predivide_factor={gradient_predivide_factor!r} is not supported: hvdkit "
+                         f"always divides by the world size before summing (so fp16 cannot overflow)")
+    if groups is not None or num_groups:
+        raise ValueError("groups / num_groups are not supported; use fusion_mb to size the fused buckets")
+    if process_set is not None and process_set is not hvd.global_process_set:
+        raise ValueError(f"process_set: hvdkit's {where} reduces over all ranks only")
 
 
 def hierarchical_links(hvd, topology, hierarchical):

@@ -16,6 +16,7 @@ settings.
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
+from hvdkit.reducer import refuse_horovod_only_arguments
 from hvdkit.tensorflow.exchange import DEFAULT_FUSION_MB, GradientExchange, check_settings
 from hvdkit.tensorflow.variables import unwrap
 
@@ -96,13 +97,7 @@ def DistributedGradientTape(gradtape, device_dense="", device_sparse="", compres
     Gradients are always exchanged dense (IndexedSlices are densified, so ``sparse_as_dense`` is implied);
     ``device_dense``/``device_sparse`` are accepted and unused (the exchange runs on the CPU kernels).
     """
-    if gradient_predivide_factor != 1.0:
-        raise ValueError(f"gradient_predivide_factor={gradient_predivide_factor!r} is not supported: hvdkit "
-                         f"always divides by the world size before summing (so fp16 cannot overflow)")
-    if groups is not None or num_groups:
-        raise ValueError("groups / num_groups are not supported; use fusion_mb to size the fused buckets")
-    if process_set is not None and process_set is not hvd.global_process_set:
-        raise ValueError("process_set: hvdkit's DistributedGradientTape reduces over all ranks only")
+    refuse_horovod_only_arguments(hvd, "DistributedGradientTape", gradient_predivide_factor, groups, num_groups, process_set)
     if not scale_local_gradients:
         raise ValueError("scale_local_gradients=False is not supported (it concerns Horovod's "
                          "PartialDistributedGradientTape)")

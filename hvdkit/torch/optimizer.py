@@ -19,7 +19,7 @@ import horovod.torch as hvd
 
 from hvdkit import comm
 from hvdkit import topology as _topology
-from hvdkit.reducer import Reducer, hierarchical_links
+from hvdkit.reducer import Reducer, hierarchical_links, refuse_horovod_only_arguments
 from hvdkit.torch.backend import TorchOps
 from hvdkit.torch.compression import resolve
 from hvdkit.torch.params import named_trainable, tensor_infos
@@ -291,13 +291,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
         raise ValueError(f"backward_passes_per_step must be > 0, got {backward_passes_per_step}")
     if op not in (hvd.Average, hvd.Sum, hvd.Adasum):
         raise ValueError(f"op must be hvd.Average, hvd.Sum or hvd.Adasum, got {op!r}")
-    if gradient_predivide_factor != 1.0:
-        raise ValueError(f"gradient_predivide_factor={gradient_predivide_factor!r} is not supported: hvdkit "
-                         f"always divides by the world size before summing (so fp16 cannot overflow)")
-    if groups is not None or num_groups:
-        raise ValueError("groups / num_groups are not supported; use fusion_mb to size the fused buckets")
-    if process_set is not None and process_set is not hvd.global_process_set:
-        raise ValueError("process_set: hvdkit's DistributedOptimizer reduces over all ranks only")
+    refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set)
     if not isinstance(fusion_mb, (int, float)) or fusion_mb < 0:
         raise ValueError(f"fusion_mb must be a number >= 0, got {fusion_mb!r}")
     spec = resolve(compression)

@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras.src.optimizers.base_optimizer import BaseOptimizer
 from tensorflow.python.ops import control_flow_util
 
+from hvdkit.reducer import refuse_horovod_only_arguments
 from hvdkit.tensorflow.exchange import DEFAULT_FUSION_MB, GradientExchange, check_settings
 from hvdkit.tensorflow.variables import label
 
@@ -209,13 +210,7 @@ def _check_arguments(optimizer, name, compression, gradient_predivide_factor, op
                          "for loss scaling")
     if name is not None and not isinstance(name, str):
         raise ValueError(f"name must be a string or None, got {name!r}")
-    if gradient_predivide_factor != 1.0:
-        raise ValueError(f"gradient_predivide_factor={gradient_predivide_factor!r} is not supported: hvdkit "
-                         f"always divides by the world size before summing (so fp16 cannot overflow)")
-    if groups is not None or num_groups:
-        raise ValueError("groups / num_groups are not supported; use fusion_mb to size the fused buckets")
-    if process_set is not None and process_set is not hvd.global_process_set:
-        raise ValueError("process_set: hvdkit's DistributedOptimizer reduces over all ranks only")
+    refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set)
     if isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int) \
             or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an integer >= 1, got {backward_passes_per_step!r}")
