@@ -27,6 +27,8 @@ END_LIMIT = 40  # seconds from the fault to the launcher's exit (issue 8)
 # Caches meant to outlive a run, which a process may create under TMPDIR: PyTorch's
 # compile cache directory (torchinductor_<user>, created when torch is imported).
 PERSISTENT_CACHES = ("torchinductor_",)
+# What the job maps but did not create: the checkout and its virtualenv (a clone may live under /tmp).
+INSTALLED = tuple(os.path.realpath(d) + os.sep for d in {REPO, sys.prefix})
 SHORT_STALL = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "2", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "4"}
 
 pytestmark = pytest.mark.timeout(START_TIMEOUT + 2 * END_LIMIT + 60)
@@ -141,7 +143,8 @@ class Job:
             except OSError:
                 continue
             self.files.update(p.replace(" (deleted)", "") for p in paths
-                              if p.startswith(("/dev/shm/", "/tmp/", str(self.tmpdir))))
+                              if p.startswith(("/dev/shm/", "/tmp/", str(self.tmpdir)))
+                              and not p.startswith(INSTALLED))
 
     def output(self):
         return self.out_path.read_text() + self.err_path.read_text()
