@@ -168,24 +168,32 @@ def epoch_record(epoch, totals, accuracy, hvd, topology):
 
 
 # ------------------------------------------------------------- checkpoints ----
-def _to_numpy(value):
-    """A state dict with every tensor replaced by a numpy array (what a checkpoint file holds)."""
+def _storable(value):
+    """``value`` (nested dicts, lists, tuples) with every TensorFlow tensor, Keras variable and numpy
+    array as a torch tensor: ``torch.save`` (hvdkit.checkpoint) stores those as raw bytes, while it
+    pickles numpy arrays as latin-1 text, half as large again."""
+    import torch
+
     if isinstance(value, dict):
-        return {k: _to_numpy(v) for k, v in value.items()}
+        return {k: _storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_numpy(v) for v in value)
-    if tf.is_tensor(value) or isinstance(value, tf.Variable):
-        return value.numpy()
+        return type(value)(_storable(v) for v in value)
+    if tf.is_tensor(value) or isinstance(value, (tf.Variable, keras.Variable)):
+        value = value.numpy()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))  # a writable copy, as torch requires
     return value
 
 
-def _to_tensors(value):
+def _restored(value, tensors=False):
+    """The inverse of :func:`_storable`: numpy arrays, or TensorFlow tensors with ``tensors``."""
     if isinstance(value, dict):
-        return {k: _to_tensors(v) for k, v in value.items()}
+        return {k: _restored(v, tensors) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_tensors(v) for v in value)
-    if isinstance(value, np.ndarray):
-        return tf.constant(value)
+        return type(value)(_restored(v, tensors) for v in value)
+    if type(value).__module__.startswith("torch"):
+        value = value.numpy()
+        return tf.constant(value) if tensors else value
     return value
 
 
@@ -211,11 +219,11 @@ def capture(config, model, optimizer, averager, position):
     statistics, error-feedback residuals and PowerSGD factors, and in local SGD the optimizer slots."""
     exchange = getattr(optimizer, "exchange", None)
     shared = {"format": FORMAT, "position": dict(position), "config": dict(vars(config)),
-              "trainable": [v.numpy() for v in model.trainable_variables]}
-    local = {"non_trainable": [v.numpy() for v in _non_trainable(model)],
-             "exchange": _to_numpy(exchange.state_dict()) if exchange is not None else None,
+              "trainable": _storable(model.trainable_variables)}
+    local = {"non_trainable": _storable(_non_trainable(model)),
+             "exchange": _storable(exchange.state_dict()) if exchange is not None else None,
              "averager_steps": averager.steps if averager is not None else None}
-    (local if averager is not None else shared)["optimizer"] = [v.numpy() for v in optimizer.variables]
+    (local if averager is not None else shared)["optimizer"] = _storable(optimizer.variables)
     return shared, local
 
 
@@ -234,17 +242,17 @@ def restore(config, model, optimizer, averager, hvd, topology):
     from hvdkit.training import torch_state  # its flag check is framework-neutral (checkpoints need torch anyway)
 
     torch_state.check_config(shared["config"], config, config.checkpoint)
-    _assign_all("trainable", model.trainable_variables, shared["trainable"], config.checkpoint)
-    _assign_all("non-trainable", _non_trainable(model), local["non_trainable"], config.checkpoint)
-    _assign_all("optimizer", optimizer.variables, (local if averager is not None else shared)["optimizer"],
-                config.checkpoint)
+    _assign_all("trainable", model.trainable_variables, _restored(shared["trainable"]), config.checkpoint)
+    _assign_all("non-trainable", _non_trainable(model), _restored(local["non_trainable"]), config.checkpoint)
+    _assign_all("optimizer", optimizer.variables,
+                _restored((local if averager is not None else shared)["optimizer"]), config.checkpoint)
     if averager is not None:
         averager.steps = local["averager_steps"]
     if local["exchange"] is not None:
         # The first apply makes the exchange; the residuals must be in place before it runs. Every rank
         # gets here (one checkpoint for all), as the exchange's cross-rank check needs.
         exchange = optimizer.exchange if optimizer.exchange is not None else optimizer._hvdkit_exchange()
-        exchange.load_state_dict(_to_tensors(local["exchange"]))
+        exchange.load_state_dict(_restored(local["exchange"], tensors=True))
     return shared["position"]
 
 

@@ -3,7 +3,7 @@ ranks like one process with the global batch, writes the torch path's metrics,
 resumes exactly where its checkpoint left off (error-feedback state included),
 and refuses what it cannot do before launching."""
 import pytest
-from test_train import final_accuracy, read_metrics, train
+from test_train import final_accuracy, train
 
 TF = ["--framework", "tensorflow"]
 DENSE_EPOCHS = 20
