@@ -11,6 +11,9 @@ csrc core and CPU kernels; ``HVDKIT_WITHOUT_TF=1`` skips it.
 """
 import glob
 import os
+import shlex
+import subprocess
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -19,6 +22,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _sources(pattern):
     return sorted(glob.glob(os.path.join("csrc", pattern), recursive=True))
+
+
+def _shared_libstdcxx():
+    """Link arguments that make the extension use the libstdc++ torch loaded.
+
+    A compiler that ships only the static libstdc++ (a relocatable GCC under
+    /opt, as in some CUDA images) would give the extension its own copy, whose
+    iostreams are never initialised: the first error message TORCH_CHECK builds
+    then segfaults. Such a compiler gets the shared library torch uses, by path.
+    """
+    compiler = os.environ.get("CXX") or (sysconfig.get_config_var("CXX") or "c++")
+    try:
+        found = subprocess.run(shlex.split(compiler)[:1] + ["-print-file-name=libstdc++.so"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return []
+    if os.path.isabs(found):
+        return []
+    with open("/proc/self/maps") as maps:
+        loaded = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    return sorted(loaded)[:1]
 
 
 def _extensions():
@@ -41,7 +65,7 @@ def _extensions():
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + _shared_libstdcxx(),
     )
     if use_cuda:
         kwargs["sources"] += _sources("cuda/**/*.cu")
@@ -75,7 +99,7 @@ def _tf_extensions():
         extra_compile_args=tf.sysconfig.get_compile_flags() + [
             "-isystem", tf.sysconfig.get_include(), "-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off",
             "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
-        extra_link_args=tf.sysconfig.get_link_flags() + ["-fopenmp"],
+        extra_link_args=tf.sysconfig.get_link_flags() + ["-fopenmp"] + _shared_libstdcxx(),
     )]
 
 

@@ -25,20 +25,27 @@ RANKS = 4  # payloads summed by the decode benchmarks
 
 class Timer:
     """Median times of callables run in turn (so load from other processes
-    hits each of them alike), with device synchronisation on CUDA."""
+    hits each of them alike), with device synchronisation on CUDA.
 
-    def __init__(self, device, repeats):
+    On CUDA each sample is the mean of ``calls`` back-to-back calls between two
+    events: the GPU's time per call, with the host's launch overhead hidden
+    behind the previous call's kernels (a single call would mostly time Python
+    and the launch, not the kernel)."""
+
+    def __init__(self, device, repeats, calls=1):
         self.device = torch.device(device)
         self.repeats = repeats
+        self.calls = calls
 
     def once(self, fn):
         if self.device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(self.calls):
+                fn()
             end.record()
             torch.cuda.synchronize()
-            return start.elapsed_time(end)
+            return start.elapsed_time(end) / self.calls
         begin = time.perf_counter()
         fn()
         return (time.perf_counter() - begin) * 1e3
@@ -154,7 +161,8 @@ def run(args):
         sys.exit("benchmarks/kernels.py: hvdkit has no CUDA kernels here (see hvdkit.ops.backends())")
     torch.set_num_threads(args.threads)
     args.n -= args.n % BLOCK  # the plain-torch versions view the data as whole blocks
-    timer = Timer(device, args.repeats)
+    calls = args.calls if args.calls is not None else (10 if device.type == "cuda" else 1)
+    timer = Timer(device, args.repeats, calls)
     width_divisor = max(1, round((25_557_032 / args.n) ** 0.5))
 
     src = torch.randn(args.n, device=device)
@@ -167,7 +175,8 @@ def run(args):
     state = ops.backends()
     where = f"{device.type}, {args.threads} thread(s), isa {state['cpu_isa']}" if device.type == "cpu" else str(
         torch.cuda.get_device_name(device))
-    print(f"# hvdkit kernels vs plain torch: {where}; n = {args.n:,}; median of {args.repeats}")
+    per_sample = f", each the mean of {calls} back-to-back calls" if calls > 1 else ""
+    print(f"# hvdkit kernels vs plain torch: {where}; n = {args.n:,}; median of {args.repeats}{per_sample}")
     print(f"# plain float32 copy of n: {copy_ms:.3f} ms = {8 * args.n / copy_ms / 1e6:.1f} GB/s (read + write); "
           "% copy compares with the copy timed alongside each op")
     header = f"| {'op':<34} | {'n':>10} | {'hvdkit ms':>9} | {'torch ms':>9} | {'ratio':>7} | {'GB/s':>7} | {'% copy':>6} |"
@@ -198,6 +207,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for hvdkit and torch (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per op; the median is reported")
+    parser.add_argument("--calls", type=int, help="CUDA: back-to-back calls per sample (default 10; 1 on CPU)")
     parser.add_argument("--ops", nargs="*", help="only ops whose name contains one of these words")
     parser.add_argument("--json", help="also write the records to this JSON file")
     run(parser.parse_args(argv))

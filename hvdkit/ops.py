@@ -22,6 +22,8 @@ Shared rules:
 This module imports even when the extension failed to build; the ops then raise
 ``RuntimeError`` and :func:`backends` says why.
 """
+import functools
+
 import torch
 
 from ._op_checks import DEFAULT_BLOCK, MAX_ELEMENTS, topk_approx_floor
@@ -76,6 +78,12 @@ def backends():
             "cpu_isa": _C.cpu_isa(), "cpu_isas": list(_C.cpu_isas())}
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_kernels():
+    """Whether CUDA ops run here (asked once: the query costs more than a small op)."""
+    return backends()["cuda"]
+
+
 def set_cpu_isa(name):
     """Use the CPU loops built for ``name`` (see ``backends()["cpu_isas"]``);
     returns the previous one. For tests and benchmarks; the environment
@@ -113,7 +121,7 @@ def _check_tensor(name, value, dtypes, device=None):
     if device is not None and value.device != device:
         raise ValueError(f"{name} is on {value.device}, but the other tensors are on {device}")
     if value.device.type == "cuda":
-        if not backends()["cuda"]:
+        if not _cuda_kernels():
             raise ValueError(f"{name} is on {value.device}, but hvdkit was built without CUDA kernels")
     elif value.device.type != "cpu":
         raise ValueError(f"{name} is on {value.device}; hvdkit kernels run on cpu and cuda")
@@ -179,7 +187,37 @@ def _check_flat_out(out, dtype, numel, device):
     return out.dtype
 
 
-def pack(tensors, dtype=None, scale=1.0, *, out=None):
+# The kernels check every argument themselves (RuntimeError, or TypeError from
+# torch's argument parser; NotImplementedError for a device without kernels;
+# AttributeError for a list element that is no tensor).
+# For the many-tensor ops the Python checks cost far more than the copy itself
+# (about 5 us a tensor), so they run only after the kernel refused: they then
+# raise the error that names the argument, or the kernel's error is re-raised.
+_REFUSED = (RuntimeError, TypeError, NotImplementedError, AttributeError)
+
+
+def _run_or_explain(run, explain):
+    try:
+        return run()
+    except _REFUSED:
+        explain()
+        raise
+
+
+def _tensor_list(name, tensors):
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
+    return list(tensors)
+
+
+def _common_dtype(tensors):
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"tensors have several dtypes {sorted(map(str, dtypes))}; pass dtype")
+    return dtypes.pop() if dtypes else torch.float32
+
+
+def pack(tensors, dtype=None, scale=1.0, *, out=None, report_nonfinite=False):
     """Concatenate ``tensors`` (flattened) into one 1-D buffer of ``dtype`` with
     every value multiplied by ``scale``, in one pass; returns the buffer.
 
@@ -187,25 +225,41 @@ def pack(tensors, dtype=None, scale=1.0, *, out=None):
     share one). ``out`` (optional, contiguous, as many elements as the tensors)
     is written instead of a new buffer: reusing one saves the page faults of a
     fresh allocation, which on CPU can cost more than the pack itself. Casts
-    follow the saturation rule of the module docstring.
+    follow the saturation rule of the module docstring. With
+    ``report_nonfinite`` returns ``(flat, nonfinite)`` as :func:`cast` does,
+    found in the same pass (no second read of the buffer).
     """
-    tensors = _check_list("tensors", tensors)
-    device = tensors[0].device if tensors else None
-    total = sum(t.numel() for t in tensors)
-    if out is not None:
-        dtype = _check_flat_out(out, dtype, total, device)
-    elif dtype is None:
-        dtypes = {t.dtype for t in tensors}
-        if len(dtypes) > 1:
-            raise TypeError(f"tensors have several dtypes {sorted(map(str, dtypes))}; pass dtype")
-        dtype = dtypes.pop() if dtypes else torch.float32
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be {_dtype_names(FLOAT_DTYPES)}, got {dtype}")
+    tensors = _tensor_list("tensors", tensors)
     scale = _check_scale(scale)
-    flat = out if out is not None else torch.empty(total, dtype=dtype, device=device)
-    if tensors:
-        _library().pack(tensors, flat.view(-1), scale)
-    return flat
+
+    def explain():
+        checked = _check_list("tensors", tensors)
+        total = sum(t.numel() for t in checked)
+        device = checked[0].device if checked else None
+        if out is not None:
+            _check_flat_out(out, dtype, total, device)
+        elif dtype is None:
+            _common_dtype(checked)
+        elif dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be {_dtype_names(FLOAT_DTYPES)}, got {dtype}")
+
+    def run():
+        if out is not None:
+            if dtype is not None and dtype != out.dtype:
+                raise TypeError(f"dtype is {dtype} but out has dtype {out.dtype}")
+            flat = out
+        else:
+            flat_dtype = _common_dtype(tensors) if dtype is None else dtype
+            if flat_dtype not in FLOAT_DTYPES:
+                raise TypeError(f"dtype must be {_dtype_names(FLOAT_DTYPES)}, got {flat_dtype}")
+            device = tensors[0].device if tensors else None
+            flat = torch.empty(sum(t.numel() for t in tensors), dtype=flat_dtype, device=device)
+        if not tensors:
+            return flat, torch.zeros((), dtype=torch.bool, device=flat.device)
+        return flat, _library().pack(tensors, flat.view(-1), scale)
+
+    flat, nonfinite = _run_or_explain(run, explain)
+    return (flat, nonfinite) if report_nonfinite else flat
 
 
 def unpack(flat, tensors, scale=1.0, accumulate=False):
@@ -213,16 +267,24 @@ def unpack(flat, tensors, scale=1.0, accumulate=False):
     to each tensor's dtype; with ``accumulate`` add to their values instead.
     Round trip ``unpack(pack(ts), ts)`` is bit-exact for scale 1 (or any power
     of two that does not overflow or underflow)."""
-    tensors = _check_list("tensors", tensors)
-    device = tensors[0].device if tensors else None
-    _check_tensor("flat", flat, FLOAT_DTYPES, device)
+    tensors = _tensor_list("tensors", tensors)
     scale = _check_scale(scale)
     _check_bool("accumulate", accumulate)
-    total = sum(t.numel() for t in tensors)
-    if flat.numel() != total:
-        raise ValueError(f"flat has {flat.numel()} elements, but tensors hold {total}")
-    if tensors:
-        _library().unpack(flat.view(-1), tensors, scale, accumulate)
+
+    def explain():
+        checked = _check_list("tensors", tensors)
+        _check_tensor("flat", flat, FLOAT_DTYPES, checked[0].device if checked else None)
+        total = sum(t.numel() for t in checked)
+        if flat.numel() != total:
+            raise ValueError(f"flat has {flat.numel()} elements, but tensors hold {total}")
+
+    def run():
+        if tensors:
+            _library().unpack(flat.view(-1), tensors, scale, accumulate)
+        elif flat.numel() != 0:
+            raise ValueError(f"flat has {flat.numel()} elements, but tensors hold 0")
+
+    _run_or_explain(run, explain)
 
 
 def cast(x, dtype, scale=1.0, *, out=None):

@@ -85,6 +85,13 @@ if ! compgen -G "$wheel_dir/horovod-*.whl" > /dev/null; then
   # Fix 3: TensorFlow >= 2.16 pip wheels ship no highwayhash headers, so the
   # XLA custom-call ops (used only by GPU XLA builds) cannot compile; drop them.
   sed -i '/xla_mpi_ops.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
+  # Fix 4: under Gloo the stall check never fires: the controller reserves
+  # global_ranks_ instead of sizing it, so the check sees zero ranks and a rank
+  # that skips a collective is never reported.
+  sed -i 's/global_ranks_.reserve(size_);/global_ranks_.resize(size_);/' \
+    "$src/horovod/common/gloo/gloo_controller.cc"
+  grep -q 'global_ranks_.resize(size_);' "$src/horovod/common/gloo/gloo_controller.cc" \
+    || die "Fix 4 did not apply: horovod/common/gloo/gloo_controller.cc changed upstream"
 
   build_env=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1
              HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1

@@ -16,10 +16,10 @@
 namespace hvdkit::cuda {
 
 // `tensors` is a host array describing device tensors. *nonfinite (device
-// int32) is set to 1 when a value of x * scale is NaN or +-Inf; it is not
+// bool) is set to true when a value of x * scale is NaN or +-Inf; it is not
 // cleared here.
 void pack(const TensorRef* tensors, int64_t count, void* flat, DType flat_dtype, float scale,
-          int32_t* nonfinite, cudaStream_t stream);
+          bool* nonfinite, cudaStream_t stream);
 void unpack(const void* flat, DType flat_dtype, const TensorRef* tensors, int64_t count,
             float scale, bool accumulate, cudaStream_t stream);
 

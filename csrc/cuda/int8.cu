@@ -1,6 +1,6 @@
 // Blockwise absmax int8 on the GPU: one thread block per quantization block
-// (grid-stride over blocks), absmax by block reduction, then quantize; the
-// second read of the block hits L2.
+// (grid-stride over blocks), absmax by block reduction, then quantize from
+// registers (see kKept).
 #include "core/counter_hash.h"
 #include "core/cuda_ops.h"
 #include "core/layout.h"
@@ -16,15 +16,32 @@ __device__ __forceinline__ int8_t quantize_one(float x, float inverse, bool stoc
   return static_cast<int8_t>(static_cast<int32_t>(fminf(fmaxf(rounded, -127.0f), 127.0f)));
 }
 
+// Elements a thread keeps in registers between the absmax and the quantize
+// pass: the whole block for the default 1024 with 256 threads, loaded with
+// independent reads in flight; elements past them are read again (from L2).
+constexpr int kKept = 4;
+
 __global__ void quantize_int8_kernel(const float* x, int64_t n, int64_t block, int64_t blocks, bool stochastic,
                                      uint32_t key, int8_t* q, float* scales) {
   __shared__ float shared[32];
   for (int64_t b = blockIdx.x; b < blocks; b += gridDim.x) {
     const int64_t begin = b * block;
     const int64_t end = begin + block < n ? begin + block : n;
+    const int64_t rest = begin + threadIdx.x + static_cast<int64_t>(kKept) * blockDim.x;
+    float kept[kKept];
+#pragma unroll
+    for (int c = 0; c < kKept; ++c) {
+      const int64_t i = begin + threadIdx.x + static_cast<int64_t>(c) * blockDim.x;
+      kept[c] = i < end ? x[i] : 0.0f;
+    }
     float magnitude = 0.0f;
     bool bad = false;
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+#pragma unroll
+    for (int c = 0; c < kKept; ++c) {
+      bad = bad || !is_finite_value(kept[c]);
+      magnitude = fmaxf(magnitude, fabsf(kept[c]));
+    }
+    for (int64_t i = rest; i < end; i += blockDim.x) {
       const float v = x[i];
       bad = bad || !is_finite_value(v);
       magnitude = fmaxf(magnitude, fabsf(v));
@@ -39,7 +56,12 @@ __global__ void quantize_int8_kernel(const float* x, int64_t n, int64_t block, i
     if (threadIdx.x == 0) scales[b] = absmax / 127.0f;
     const float ratio = 127.0f / absmax;
     const float inverse = absmax > 0.0f && is_finite_value(ratio) ? ratio : 0.0f;
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+#pragma unroll
+    for (int c = 0; c < kKept; ++c) {
+      const int64_t i = begin + threadIdx.x + static_cast<int64_t>(c) * blockDim.x;
+      if (i < end) q[i] = quantize_one(kept[c], inverse, stochastic, key, i);
+    }
+    for (int64_t i = rest; i < end; i += blockDim.x) {
       q[i] = quantize_one(x[i], inverse, stochastic, key, i);
     }
   }

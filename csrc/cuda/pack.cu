@@ -15,8 +15,9 @@ namespace {
 // saturation is NaN or Inf (nonfinite may be null).
 template <DType In, DType Out, bool Accumulate>
 struct ConvertFunctor {
+  static constexpr int kUnroll = 4;
   float scale;
-  int32_t* nonfinite;
+  bool* nonfinite;
 
   __device__ float apply(float x, const typename Storage<Out>::T* dst, bool& bad) const {
     float v = x * scale;
@@ -31,22 +32,37 @@ struct ConvertFunctor {
     bool bad = false;
     const bool vector = aligned4(src) && aligned4(dst);
     const int64_t vector_end = vector ? length / 4 * 4 : 0;
-    for (int64_t i = 4 * threadIdx.x; i < vector_end; i += 4 * blockDim.x) {
-      float v[4];
-      load4<In>(src + i, v);
-      float old[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      if constexpr (Accumulate) load4<Out>(dst + i, old);
-      for (int j = 0; j < 4; ++j) {
-        v[j] = v[j] * scale;
-        if constexpr (Accumulate) v[j] = old[j] + v[j];
-        bad = bad || !is_finite_value(v[j]);
+    // A launch holds a few hundred blocks, too few to hide memory latency
+    // with one load per thread: each thread issues kUnroll vector loads before
+    // it stores any (thread t covers 4t + m * sweep for every m, once).
+    const int64_t sweep = 4 * static_cast<int64_t>(blockDim.x);
+    for (int64_t base = 4 * threadIdx.x; base < vector_end; base += kUnroll * sweep) {
+      float v[kUnroll][4];
+      float old[kUnroll][4] = {};
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = base + u * sweep;
+        if (i < vector_end) {
+          load4<In>(src + i, v[u]);
+          if constexpr (Accumulate) load4<Out>(dst + i, old[u]);
+        }
       }
-      store4<Out>(dst + i, v);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = base + u * sweep;
+        if (i >= vector_end) break;
+        for (int j = 0; j < 4; ++j) {
+          v[u][j] = v[u][j] * scale;
+          if constexpr (Accumulate) v[u][j] = old[u][j] + v[u][j];
+          bad = bad || !is_finite_value(v[u][j]);
+        }
+        store4<Out>(dst + i, v[u]);
+      }
     }
     for (int64_t i = vector_end + threadIdx.x; i < length; i += blockDim.x) {
       store_element<Out>(dst + i, apply(load_element<In>(src + i), dst + i, bad));
     }
-    if (__syncthreads_or(bad) && threadIdx.x == 0 && nonfinite != nullptr) *nonfinite = 1;
+    if (__syncthreads_or(bad) && threadIdx.x == 0 && nonfinite != nullptr) *nonfinite = true;
   }
 
   template <class T>
@@ -56,7 +72,7 @@ struct ConvertFunctor {
 };
 
 template <DType In, DType Out>
-void convert_typed(const std::vector<Segment>& segments, float scale, bool accumulate, int32_t* nonfinite,
+void convert_typed(const std::vector<Segment>& segments, float scale, bool accumulate, bool* nonfinite,
                    cudaStream_t stream) {
   if (accumulate) {
     multi_tensor_apply(segments, ConvertFunctor<In, Out, true>{scale, nonfinite}, stream);
@@ -67,7 +83,7 @@ void convert_typed(const std::vector<Segment>& segments, float scale, bool accum
 
 template <DType In>
 void convert_from(DType out, const std::vector<Segment>& segments, float scale, bool accumulate,
-                  int32_t* nonfinite, cudaStream_t stream) {
+                  bool* nonfinite, cudaStream_t stream) {
   switch (out) {
     case DType::kFloat32: return convert_typed<In, DType::kFloat32>(segments, scale, accumulate, nonfinite, stream);
     case DType::kFloat16: return convert_typed<In, DType::kFloat16>(segments, scale, accumulate, nonfinite, stream);
@@ -78,7 +94,7 @@ void convert_from(DType out, const std::vector<Segment>& segments, float scale, 
 // Segments all share one source dtype and one destination dtype, so group
 // them by dtype pair and launch each group.
 void convert_segments(const std::vector<Segment>& segments, const std::vector<DType>& src_dtypes,
-                      const std::vector<DType>& dst_dtypes, float scale, bool accumulate, int32_t* nonfinite,
+                      const std::vector<DType>& dst_dtypes, float scale, bool accumulate, bool* nonfinite,
                       cudaStream_t stream) {
   const DType all[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
   for (DType in : all) {
@@ -100,7 +116,7 @@ void convert_segments(const std::vector<Segment>& segments, const std::vector<DT
 }  // namespace
 
 void pack(const TensorRef* tensors, int64_t count, void* flat, DType flat_dtype, float scale,
-          int32_t* nonfinite, cudaStream_t stream) {
+          bool* nonfinite, cudaStream_t stream) {
   std::vector<Segment> segments;
   std::vector<DType> src_dtypes;
   std::vector<DType> dst_dtypes;

@@ -25,10 +25,10 @@ at::Tensor pack(at::TensorList tensors, const at::Tensor& flat, double scale) {
   const std::vector<TensorRef> refs = tensor_refs(tensors, "tensors", device);
   TORCH_CHECK(flat.numel() == total_numel(refs), "hvdkit: flat has ", flat.numel(), " elements, tensors hold ",
               total_numel(refs));
-  at::Tensor nonfinite = at::zeros({}, flat.options().dtype(at::kInt));
+  at::Tensor nonfinite = at::zeros({}, flat.options().dtype(at::kBool));
   cuda::pack(refs.data(), static_cast<int64_t>(refs.size()), flat.data_ptr(), to_dtype(flat.scalar_type()),
-             static_cast<float>(scale), nonfinite.data_ptr<int32_t>(), stream_of(device));
-  return nonfinite.to(at::kBool);
+             static_cast<float>(scale), nonfinite.data_ptr<bool>(), stream_of(device));
+  return nonfinite;
 }
 
 void unpack(const at::Tensor& flat, at::TensorList tensors, double scale, bool accumulate) {

@@ -53,9 +53,9 @@ class TFOps(TensorOps):
         # Horovod cannot reduce bfloat16: such buckets travel as float32 (unpack casts back).
         wire = tf.float32 if tensors[0].dtype == tf.bfloat16 else tensors[0].dtype
         if all(t.dtype in kernels.FLOAT_DTYPES for t in tensors):
-            flat = kernels.pack(list(tensors), dtype=wire, scale=scale)
-        else:
-            flat = tf.concat([tf.reshape(tf.cast(t, wire), [-1]) for t in tensors], 0) * tf.cast(scale, wire)
+            flat, nonfinite = kernels.pack(list(tensors), dtype=wire, scale=scale, report_nonfinite=True)
+            return flat, bool(nonfinite)
+        flat = tf.concat([tf.reshape(tf.cast(t, wire), [-1]) for t in tensors], 0) * tf.cast(scale, wire)
         return flat, not self.all_finite(flat)
 
     def unpack(self, flat, tensors):

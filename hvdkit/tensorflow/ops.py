@@ -211,11 +211,13 @@ def _decoded(result, out, accumulate):
 # ---- fused buffers and casts ---------------------------------------------------------
 
 
-def pack(tensors, dtype=None, scale=1.0):
+def pack(tensors, dtype=None, scale=1.0, report_nonfinite=False):
     """Concatenate ``tensors`` (flattened) into one 1-D tensor of ``dtype``
     with every value multiplied by ``scale``, in one pass. ``dtype`` defaults to
     the tensors' (they must then share one). Casts saturate finite values and
-    pass NaN/Inf through, as in :func:`hvdkit.ops.pack`."""
+    pass NaN/Inf through, as in :func:`hvdkit.ops.pack`. With
+    ``report_nonfinite`` returns ``(flat, nonfinite)``, a scalar bool found in
+    the same pass."""
     tensors = _check_list("tensors", tensors)
     if dtype is None:
         dtypes = {tf.as_dtype(t.dtype) for t in tensors}
@@ -225,8 +227,10 @@ def pack(tensors, dtype=None, scale=1.0):
     dtype = _check_dtype(dtype)
     scale = _scale(scale)
     if not tensors:
-        return tf.zeros([0], dtype)
-    return _library().hvdkit_pack(tensors, scale, out_type=dtype).flat
+        flat, nonfinite = tf.zeros([0], dtype), tf.constant(False)
+    else:
+        flat, nonfinite = _library().hvdkit_pack(tensors, scale, out_type=dtype)
+    return (flat, nonfinite) if report_nonfinite else flat
 
 
 def unpack(flat, tensors, scale=1.0, accumulate=False):

@@ -40,9 +40,9 @@ class TorchOps(TensorOps):
         # Horovod cannot reduce bfloat16: such buckets travel as float32 (unpack casts back).
         wire = torch.float32 if tensors[0].dtype == torch.bfloat16 else tensors[0].dtype
         if all(t.dtype in kernels.FLOAT_DTYPES and t.is_contiguous() for t in tensors):
-            flat = kernels.pack(tensors, dtype=wire, scale=scale)
-        else:
-            flat = torch.cat([t.reshape(-1).to(wire) for t in tensors]).mul_(scale)
+            flat, nonfinite = kernels.pack(tensors, dtype=wire, scale=scale, report_nonfinite=True)
+            return flat, bool(nonfinite)
+        flat = torch.cat([t.reshape(-1).to(wire) for t in tensors]).mul_(scale)
         return flat, not self.all_finite(flat)
 
     def unpack(self, flat, tensors):
