@@ -251,8 +251,7 @@ def restore(config, model, optimizer, averager, hvd, topology):
     if local["exchange"] is not None:
         # The first apply makes the exchange; the residuals must be in place before it runs. Every rank
         # gets here (one checkpoint for all), as the exchange's cross-rank check needs.
-        exchange = optimizer.exchange if optimizer.exchange is not None else optimizer._hvdkit_exchange()
-        exchange.load_state_dict(_restored(local["exchange"], tensors=True))
+        optimizer.build_exchange().load_state_dict(_restored(local["exchange"], tensors=True))
     return shared["position"]
 
 

@@ -275,10 +275,12 @@ def test_stopped_rank_is_named_and_ends_the_job(tmp_path, launcher):
     job.assert_clean()
 
 
-def test_rank_skipping_a_collective_is_named_and_ends_the_job(tmp_path):
-    """Horovod's stall check (MPI controller; under Gloo it never fires in
-    Horovod 0.28.1) shuts the job down, and hvdkit run names the stalled rank."""
-    job = run_job(tmp_path, 2, "--mpi", "skip", victim=1, env=SHORT_STALL)
+@pytest.mark.parametrize("launcher", ["--mpi", "--gloo"])
+def test_rank_skipping_a_collective_is_named_and_ends_the_job(tmp_path, launcher):
+    """Horovod's stall check shuts the job down, and hvdkit run names the
+    stalled rank. (Under Gloo the check never fires in Horovod 0.28.1 as
+    released; scripts/build_horovod.sh patches it.)"""
+    job = run_job(tmp_path, 2, launcher, "skip", victim=1, env=SHORT_STALL)
     job.wait_ready(2)
     elapsed = job.wait_end(END_LIMIT)
     err = job.stderr()

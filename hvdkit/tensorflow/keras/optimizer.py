@@ -67,7 +67,12 @@ class _DistributedOptimizerBase:
         """The ``GradientExchange`` (None before the first apply): ``.last_step_stats``, ``.buckets``, ..."""
         return self._hvdkit.exchange
 
-    def _hvdkit_exchange(self):
+    def build_exchange(self):
+        """The ``GradientExchange``, made now if the first apply has not made it.
+
+        Collective (its cross-rank check runs here), on a built optimizer. For
+        restoring exchange state (error-feedback residuals) before the first
+        step: ``optimizer.build_exchange().load_state_dict(state)``."""
         state = self._hvdkit
         if state.exchange is None:
             state.variables = [v for v in self._trainable_variables if not self._overwrite_variable_with_gradient(v)]
@@ -81,7 +86,7 @@ class _DistributedOptimizerBase:
         """``grads`` (aligned with ``variables``) averaged over all ranks; sets ``finite`` under "skip".
         Gradients of variables outside the exchange (overwrite-with-gradient ones) stay local."""
         _refuse_xla()
-        exchange = self._hvdkit_exchange()
+        exchange = self.build_exchange()
         state = self._hvdkit
         full = [None] * len(state.variables)
         slots = []
