@@ -49,6 +49,34 @@ struct TopkWorkspace {
 
 using PickScan = cub::BlockScan<uint32_t, kPickThreads>;
 
+// Selection passes work in tiles of kSelectThreads x kSelectItems entries and
+// reserve output slots once per tile: a counter shared by the whole grid
+// cannot take one atomic per warp (at 1 % density a quarter of all warps
+// select something, and the atomics serialise).
+constexpr int kSelectThreads = 256;
+constexpr int kSelectItems = 8;
+constexpr int64_t kTile = static_cast<int64_t>(kSelectThreads) * kSelectItems;
+using SelectScan = cub::BlockScan<int32_t, kSelectThreads>;
+
+struct SelectShared {
+  SelectScan::TempStorage scan;
+  int32_t base;
+  bool skip;
+};
+
+// This thread's first slot for `mine` entries; one atomicAdd on `counter` for
+// the whole block. Every thread of the block calls it.
+__device__ int32_t reserve_tile_slots(int32_t* counter, int32_t mine, SelectShared& shared) {
+  int32_t offset = 0;
+  int32_t total = 0;
+  SelectScan(shared.scan).ExclusiveSum(mine, offset, total);
+  if (threadIdx.x == 0) shared.base = total > 0 ? atomicAdd(counter, total) : 0;
+  __syncthreads();
+  const int32_t first = shared.base + offset;
+  __syncthreads();  // shared is reused by the next tile
+  return first;
+}
+
 struct BinChoice {
   uint32_t bin;
   uint32_t above;
@@ -86,6 +114,7 @@ __device__ __forceinline__ uint32_t level_bin(uint32_t key, int level, uint32_t 
 // Adds to a shared histogram with one atomic per group of equal lanes.
 __device__ __forceinline__ void count_bin(uint32_t* hist, uint32_t bin) {
   const unsigned active = __activemask();
+  if (__ballot_sync(active, bin != kNoBin) == 0) return;  // later levels: most warps hold no candidate
   const unsigned peers = __match_any_sync(active, bin);
   if (bin != kNoBin && static_cast<int>(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
 }
@@ -95,19 +124,30 @@ __global__ void init_state_kernel(TopkWorkspace* ws, int32_t k) {
 }
 
 // One histogram level over c; with x non-null (level 0) also c = x + residual.
-__global__ void histogram_kernel(const float* x, float* residual, int64_t n, TopkWorkspace* ws, int level) {
+// Tiles as in the selection passes: kSelectItems independent loads in flight
+// per thread.
+__global__ void __launch_bounds__(kSelectThreads) histogram_kernel(const float* x, float* residual, int64_t n,
+                                                                   TopkWorkspace* ws, int level) {
   __shared__ uint32_t hist[kBins];
   for (int b = threadIdx.x; b < kBins; b += blockDim.x) hist[b] = 0;
   __syncthreads();
   const uint32_t prefix = ws->state.prefix;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float c = residual[i];
-    if (x != nullptr) {
-      c = x[i] + c;
-      residual[i] = c;
+  for (int64_t tile = blockIdx.x * kTile; tile < n; tile += static_cast<int64_t>(gridDim.x) * kTile) {
+    float c[kSelectItems];
+#pragma unroll
+    for (int j = 0; j < kSelectItems; ++j) {
+      const int64_t i = tile + j * kSelectThreads + threadIdx.x;
+      c[j] = i < n ? residual[i] : 0.0f;
+      if (x != nullptr && i < n) c[j] = x[i] + c[j];
     }
-    count_bin(hist, level_bin(magnitude_key(c), level, prefix));
+#pragma unroll
+    for (int j = 0; j < kSelectItems; ++j) {
+      const int64_t i = tile + j * kSelectThreads + threadIdx.x;
+      if (i < n) {
+        if (x != nullptr) residual[i] = c[j];
+        count_bin(hist, level_bin(magnitude_key(c[j]), level, prefix));
+      }
+    }
   }
   __syncthreads();
   for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
@@ -128,21 +168,37 @@ __global__ void __launch_bounds__(kPickThreads) pick_bin_kernel(TopkWorkspace* w
 }
 
 // Takes keys above the threshold and `need` tickets' worth of ties.
-__global__ void exact_select_kernel(float* residual, int64_t n, TopkWorkspace* ws, int32_t* indices,
-                                    float* values) {
+__global__ void __launch_bounds__(kSelectThreads) exact_select_kernel(float* residual, int64_t n, TopkWorkspace* ws,
+                                                                      int32_t* indices, float* values) {
+  __shared__ SelectShared shared;
   const uint32_t threshold = ws->state.prefix;
   const int32_t ties = ws->state.need;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float c = residual[i];
-    const uint32_t key = magnitude_key(c);
-    const int32_t ticket = reserve_slot(&ws->state.ties_taken, key == threshold);
-    const bool take = key > threshold || (ticket >= 0 && ticket < ties);
-    const int32_t slot = reserve_slot(&ws->state.count, take);
-    if (take) {
-      indices[slot] = static_cast<int32_t>(i);
-      values[slot] = c;
-      residual[i] = 0.0f;
+  for (int64_t tile = blockIdx.x * kTile; tile < n; tile += static_cast<int64_t>(gridDim.x) * kTile) {
+    float c[kSelectItems];
+    bool take[kSelectItems];
+    int32_t mine = 0;
+#pragma unroll
+    for (int j = 0; j < kSelectItems; ++j) {
+      const int64_t i = tile + j * kSelectThreads + threadIdx.x;
+      take[j] = false;
+      if (i < n) {
+        c[j] = residual[i];
+        const uint32_t key = magnitude_key(c[j]);
+        const int32_t ticket = reserve_slot(&ws->state.ties_taken, key == threshold);
+        take[j] = key > threshold || (ticket >= 0 && ticket < ties);
+        mine += take[j];
+      }
+    }
+    int32_t slot = reserve_tile_slots(&ws->state.count, mine, shared);
+#pragma unroll
+    for (int j = 0; j < kSelectItems; ++j) {
+      if (take[j]) {
+        const int64_t i = tile + j * kSelectThreads + threadIdx.x;
+        indices[slot] = static_cast<int32_t>(i);
+        values[slot] = c[j];
+        residual[i] = 0.0f;
+        ++slot;
+      }
     }
   }
 }
@@ -183,42 +239,60 @@ __device__ uint32_t sample_key_of_rank(const uint32_t* sample, int64_t samples, 
   return prefix;
 }
 
+// Two blocks, side by side: block 0 finds the threshold, block 1 the fallback.
 __global__ void __launch_bounds__(kPickThreads) sample_threshold_kernel(TopkWorkspace* ws, int64_t samples,
                                                                         uint32_t rank, uint32_t fallback_rank) {
   __shared__ uint32_t hist[kBins];
   __shared__ PickScan::TempStorage temp;
   __shared__ BinChoice choice;
-  const uint32_t threshold = sample_key_of_rank(ws->sample, samples, rank, hist, temp, &choice);
-  const uint32_t fallback = sample_key_of_rank(ws->sample, samples, fallback_rank, hist, temp, &choice);
-  if (threadIdx.x == 0) {
-    ws->state.threshold = threshold;
-    ws->state.fallback = fallback;
-  }
+  const bool fallback = blockIdx.x == 1;
+  const uint32_t key = sample_key_of_rank(ws->sample, samples, fallback ? fallback_rank : rank, hist, temp, &choice);
+  if (threadIdx.x == 0) (fallback ? ws->state.fallback : ws->state.threshold) = key;
 }
 
 // Takes entries with key >= threshold into free slots below k; the rest stays
 // in the residual. `first` pass: c = x + residual; fix-up passes (x null) run
 // only while fewer than `floor` were taken, with a lower threshold (at least
 // 1, so entries already taken, now 0, are never taken twice).
-__global__ void approx_select_kernel(const float* x, float* residual, int64_t n, TopkWorkspace* ws, int32_t k,
-                                     int32_t floor, int pass, int32_t* indices, float* values) {
+__global__ void __launch_bounds__(kSelectThreads) approx_select_kernel(const float* x, float* residual, int64_t n,
+                                                                       TopkWorkspace* ws, int32_t k, int32_t floor,
+                                                                       int pass, int32_t* indices, float* values) {
+  __shared__ SelectShared shared;
   uint32_t threshold = ws->state.threshold;
   if (pass > 0) {
-    if (ws->state.count >= floor) return;
+    // One reading per block: the block's threads must all go on or all stop.
+    if (threadIdx.x == 0) shared.skip = ws->state.count >= floor;
+    __syncthreads();
+    if (shared.skip) return;
     threshold = pass == 1 ? max(ws->state.fallback, 1u) : 1u;
   }
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float c = residual[i];
-    if (pass == 0) c = x[i] + c;
-    const bool passes = magnitude_key(c) >= threshold;
-    const int32_t slot = reserve_slot(&ws->state.count, passes);
-    const bool take = passes && slot < k;
-    if (take) {
-      indices[slot] = static_cast<int32_t>(i);
-      values[slot] = c;
+  for (int64_t tile = blockIdx.x * kTile; tile < n; tile += static_cast<int64_t>(gridDim.x) * kTile) {
+    float c[kSelectItems];
+    bool passes[kSelectItems];
+    int32_t mine = 0;
+#pragma unroll
+    for (int j = 0; j < kSelectItems; ++j) {
+      const int64_t i = tile + j * kSelectThreads + threadIdx.x;
+      passes[j] = false;
+      if (i < n) {
+        c[j] = residual[i];
+        if (pass == 0) c[j] = x[i] + c[j];
+        passes[j] = magnitude_key(c[j]) >= threshold;
+        mine += passes[j];
+      }
     }
-    if (take || pass == 0) residual[i] = take ? 0.0f : c;
+    int32_t slot = reserve_tile_slots(&ws->state.count, mine, shared);
+#pragma unroll
+    for (int j = 0; j < kSelectItems; ++j) {
+      const int64_t i = tile + j * kSelectThreads + threadIdx.x;
+      const bool take = passes[j] && slot < k;
+      if (take) {
+        indices[slot] = static_cast<int32_t>(i);
+        values[slot] = c[j];
+      }
+      slot += passes[j];
+      if (i < n && (take || pass == 0)) residual[i] = take ? 0.0f : c[j];
+    }
   }
 }
 
@@ -228,19 +302,20 @@ __global__ void write_count_kernel(const TopkWorkspace* ws, int32_t k, int32_t* 
 
 void ef_add_only(const float* x, float* residual, int64_t n, TopkWorkspace* ws, cudaStream_t stream) {
   // Level-0 histogram pass of an empty selection: c = x + residual, nothing else used.
-  histogram_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, residual, n, ws, 0);
+  histogram_kernel<<<grid_for(n, kTile), kSelectThreads, 0, stream>>>(x, residual, n, ws, 0);
   check_launch("histogram_kernel");
 }
 
 void exact_topk(const float* x, float* residual, int64_t n, TopkWorkspace* ws, int32_t* indices, float* values,
                 cudaStream_t stream) {
   for (int level = 0; level < kLevels; ++level) {
-    histogram_kernel<<<grid_for(n), kThreads, 0, stream>>>(level == 0 ? x : nullptr, residual, n, ws, level);
+    histogram_kernel<<<grid_for(n, kTile), kSelectThreads, 0, stream>>>(level == 0 ? x : nullptr, residual, n, ws,
+                                                                        level);
     check_launch("histogram_kernel");
     pick_bin_kernel<<<1, kPickThreads, 0, stream>>>(ws, level);
     check_launch("pick_bin_kernel");
   }
-  exact_select_kernel<<<grid_for(n), kThreads, 0, stream>>>(residual, n, ws, indices, values);
+  exact_select_kernel<<<grid_for(n, kTile), kSelectThreads, 0, stream>>>(residual, n, ws, indices, values);
   check_launch("exact_select_kernel");
 }
 
@@ -253,13 +328,13 @@ void approx_topk(const float* x, float* residual, int64_t n, int64_t k, TopkWork
   const double expected = static_cast<double>(k) * static_cast<double>(samples) / static_cast<double>(n);
   const int64_t rank = std::min<int64_t>(samples, std::max<int64_t>(1, std::llround(expected)));
   const int64_t fallback_rank = std::min<int64_t>(samples, 4 * rank + 16);
-  sample_threshold_kernel<<<1, kPickThreads, 0, stream>>>(ws, samples, static_cast<uint32_t>(rank),
+  sample_threshold_kernel<<<2, kPickThreads, 0, stream>>>(ws, samples, static_cast<uint32_t>(rank),
                                                           static_cast<uint32_t>(fallback_rank));
   check_launch("sample_threshold_kernel");
   const int32_t floor = static_cast<int32_t>(topk_approx_floor(k));
   for (int pass = 0; pass < 3; ++pass) {
-    approx_select_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, residual, n, ws, static_cast<int32_t>(k), floor,
-                                                               pass, indices, values);
+    approx_select_kernel<<<grid_for(n, kTile), kSelectThreads, 0, stream>>>(x, residual, n, ws, static_cast<int32_t>(k),
+                                                                            floor, pass, indices, values);
     check_launch("approx_select_kernel");
   }
 }
