@@ -211,6 +211,34 @@ def _decoded(result, out, accumulate):
 # ---- fused buffers and casts ---------------------------------------------------------
 
 
+# As in hvdkit.ops: for the many-tensor ops the per-tensor Python checks cost
+# ten times the op (about 5 us a tensor), so the op's own checks (its type
+# constraints, shape function and kernel) run first, and the Python checks run
+# only after a refusal, to raise the error that names the argument. Only
+# elements that are tensors already take that path: TensorFlow would convert
+# anything else (a numpy array, a list) silently.
+_REFUSED = (TypeError, ValueError, tf.errors.OpError)
+
+
+def _run_or_explain(run, explain):
+    try:
+        return run()
+    except _REFUSED:
+        explain()
+        raise
+
+
+def _all_dense(tensors):
+    return isinstance(tensors, (list, tuple)) and all(isinstance(t, (tf.Tensor, tf.Variable)) for t in tensors)
+
+
+def _common_dtype(tensors):
+    dtypes = {tf.as_dtype(t.dtype) for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"tensors have several dtypes {sorted(d.name for d in dtypes)}; pass dtype")
+    return dtypes.pop() if dtypes else tf.float32
+
+
 def pack(tensors, dtype=None, scale=1.0, report_nonfinite=False):
     """Concatenate ``tensors`` (flattened) into one 1-D tensor of ``dtype``
     with every value multiplied by ``scale``, in one pass. ``dtype`` defaults to
@@ -218,18 +246,18 @@ def pack(tensors, dtype=None, scale=1.0, report_nonfinite=False):
     pass NaN/Inf through, as in :func:`hvdkit.ops.pack`. With
     ``report_nonfinite`` returns ``(flat, nonfinite)``, a scalar bool found in
     the same pass."""
-    tensors = _check_list("tensors", tensors)
+    if not _all_dense(tensors):
+        tensors = _check_list("tensors", tensors)
+    tensors = list(tensors)
     if dtype is None:
-        dtypes = {tf.as_dtype(t.dtype) for t in tensors}
-        if len(dtypes) > 1:
-            raise TypeError(f"tensors have several dtypes {sorted(d.name for d in dtypes)}; pass dtype")
-        dtype = dtypes.pop() if dtypes else tf.float32
+        dtype = _run_or_explain(lambda: _common_dtype(tensors), lambda: _check_list("tensors", tensors))
     dtype = _check_dtype(dtype)
     scale = _scale(scale)
     if not tensors:
         flat, nonfinite = tf.zeros([0], dtype), tf.constant(False)
     else:
-        flat, nonfinite = _library().hvdkit_pack(tensors, scale, out_type=dtype)
+        flat, nonfinite = _run_or_explain(lambda: _library().hvdkit_pack(tensors, scale, out_type=dtype),
+                                          lambda: _check_list("tensors", tensors))
     return (flat, nonfinite) if report_nonfinite else flat
 
 
@@ -238,16 +266,24 @@ def unpack(flat, tensors, scale=1.0, accumulate=False):
     shaped like it, or added to its values with ``accumulate``; returns the new
     tensors as a list. Round trip ``unpack(pack(ts), ts)`` is bit-exact for
     scale 1."""
-    tensors = _check_list("tensors", tensors)
+    if not _all_dense(tensors):
+        tensors = _check_list("tensors", tensors)
+    tensors = list(tensors)
     _check_tensor("flat", flat, FLOAT_DTYPES)
     scale = _scale(scale)
     check_bool("accumulate", accumulate)
-    sizes = [_numel(t) for t in tensors]
-    total = None if None in sizes else sum(sizes)
-    _check_numel("flat", flat, total, f"but tensors hold {total}")
+
+    def explain():
+        checked = _check_list("tensors", tensors)
+        sizes = [_numel(t) for t in checked]
+        total = None if None in sizes else sum(sizes)
+        _check_numel("flat", flat, total, f"but tensors hold {total}")
+
     if not tensors:
+        _check_numel("flat", flat, 0, "but tensors hold 0")
         return []
-    return list(_library().hvdkit_unpack(flat, tensors, scale, accumulate=accumulate))
+    return list(_run_or_explain(lambda: _library().hvdkit_unpack(flat, tensors, scale, accumulate=accumulate),
+                                explain))
 
 
 def cast(x, dtype, scale=1.0):
