@@ -196,10 +196,10 @@ class Reducer:
         return results, not bad
 
     def _filler(self, bucket, like):
-        """NaN-poisoned zeros in the bucket's wire dtype (float16, else float32: bfloat16 travels as float32)."""
+        """NaN-poisoned zeros in the bucket's wire dtype (its own; bfloat16 travels as float32)."""
         flat = self.ops.zeros(bucket.numel, like)
-        if bucket.dtype == "float16":
-            flat, _ = self.ops.cast(flat, "float16")
+        if bucket.dtype in ("float16", "float64"):
+            flat, _ = self.ops.cast(flat, bucket.dtype)
         return self.ops.poison(flat)
 
     def _check_unchanged(self):

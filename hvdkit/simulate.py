@@ -99,7 +99,34 @@ class SimulatedWorld:
                 reason = "another rank failed" if self._failed else f"waited {self.timeout} s"
                 raise TimeoutError(f"simulated collective {key[1]!r} over ranks {key[0]}: rank {key[2]} stopped "
                                    f"waiting ({reason})")
-            return self._results.pop(key)
+            result = self._results.pop(key)
+        if isinstance(result, _Refused):
+            raise RuntimeError(f"simulated collective {key[1]!r}: {result.message}")
+        return result
+
+
+class _Refused:
+    """What every member gets when their tensors do not match (Horovod raises on every rank then)."""
+
+    def __init__(self, message):
+        self.message = message
+
+
+def _dtype_name(tensor):
+    return getattr(tensor.dtype, "name", str(tensor.dtype).replace("torch.", ""))
+
+
+def _mismatch(kind, tensors, fw):
+    """Horovod's own check: a reduction needs one dtype and one shape on every rank."""
+    if kind not in ("allreduce", "reducescatter"):
+        return None
+    dtypes = sorted({_dtype_name(t) for t in tensors})
+    if len(dtypes) > 1:
+        return f"Mismatched data types: the ranks sent {', '.join(dtypes)}"
+    shapes = sorted({tuple(fw.shape(t)) for t in tensors})
+    if len(shapes) > 1:
+        return f"Mismatched {kind} tensor shapes: the ranks sent {', '.join(map(str, shapes))}"
+    return None
 
 
 def _sum(tensors):
@@ -117,6 +144,9 @@ def _compute(requests, members):
     if kind == "object":
         return [list(tensors) for _ in members]
     fw = _frameworks.of(tensors[0])
+    refused = _mismatch(kind, tensors, fw)
+    if refused is not None:
+        return [_Refused(refused) for _ in members]
     if kind == "allreduce":
         total = _sum(tensors)
         return [fw.copy(total) for _ in members]

@@ -89,7 +89,7 @@ class TensorOps(abc.ABC):
     # --- kernels (hvdkit.ops in torch) -----------------------------------------
     @abc.abstractmethod
     def cast(self, x, dtype):
-        """``x`` cast to ``"float16"``, ``"bfloat16"`` or ``"float32"``; returns (y, nonfinite: bool)."""
+        """``x`` cast to ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``; returns (y, nonfinite: bool)."""
 
     @abc.abstractmethod
     def quantize_int8(self, x, block, stochastic, seed):

@@ -17,7 +17,8 @@ from hvdkit.tensorflow import ops as kernels
 
 __all__ = ["TFOps"]
 
-_DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32, "int16": tf.int16}
+_DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32, "float64": tf.float64,
+           "int16": tf.int16}
 _NAN_BITS = {tf.int16: 0x7FC0}  # bfloat16 NaN seen as int16 (bf16 payloads travel as int16)
 _EPS = 1e-8  # keeps an all-zero column (vanishing gradient) from dividing by zero
 
@@ -104,8 +105,8 @@ class TFOps(TensorOps):
         return total
 
     def cast(self, x, dtype):
-        if dtype == "float32":
-            return tf.cast(x, tf.float32), False
+        if dtype in ("float32", "float64"):
+            return tf.cast(x, _DTYPES[dtype]), False
         y, nonfinite = kernels.cast(x, _DTYPES[dtype])
         return y, bool(nonfinite)  # finite values beyond the range saturate; only NaN/Inf inputs flag
 

@@ -6,7 +6,8 @@ from hvdkit.compression.backend import TensorOps
 
 __all__ = ["TorchOps"]
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int16": torch.int16}
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+           "int16": torch.int16}
 _NAN_BITS = {torch.int16: 0x7FC0}  # bfloat16 NaN seen as int16 (bf16 payloads travel as int16)
 
 
@@ -85,8 +86,8 @@ class TorchOps(TensorOps):
         return chunks.to(torch.float32).sum(dim=0) if n else torch.zeros(0, device=x.device)
 
     def cast(self, x, dtype):
-        if dtype == "float32":
-            return x.to(torch.float32), False
+        if dtype in ("float32", "float64"):
+            return x.to(_DTYPES[dtype]), False
         y, nonfinite = kernels.cast(x, _DTYPES[dtype])
         return y, bool(nonfinite)  # finite values beyond the range saturate; only NaN/Inf inputs flag
 

@@ -144,6 +144,25 @@ def test_a_float16_bucket_whose_tensor_became_float32_is_named():
                in m for m in got), got
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_a_bucket_sent_in_its_own_dtype_names_a_shape_change(dtype):
+    """The rank whose tensor changed sends a filler in the bucket's wire dtype: a filler of
+    another dtype would make the reduction itself fail (Horovod refuses mismatched dtypes)."""
+    infos = [TensorInfo("w0", (40,), dtype, 8), TensorInfo("w1", (8,), dtype, 8)]
+    world = world_of(2)
+
+    def body(rank):
+        r = reducer(world, rank, infos=infos)
+        for s in range(2):
+            tensors = grads(rank, s, infos)
+            changed_at_step_1(rank, s, tensors, {1}, 0, torch.zeros(41, dtype=getattr(torch, dtype)))
+            step(r, tensors)
+
+    got = messages(world, body)
+    assert all(f"parameter 'w0' has shape (40,), dtype {dtype} on rank 0 but shape (41,), dtype {dtype} on rank 1"
+               in m for m in got), got
+
+
 def test_the_same_change_on_every_rank_says_when_to_build_the_optimizer():
     world = world_of(2)
 
