@@ -240,6 +240,25 @@ class Reducer:
             self._state(self.buckets[int(index)], route).load_dict(value)
 
 
+class ReducerView:
+    """What the front ends (torch optimizer, TF exchange) show of their ``self._reducer``."""
+
+    @property
+    def compression(self):
+        """The parsed compression Spec in use."""
+        return self._reducer.spec
+
+    @property
+    def buckets(self):
+        """The bucket plan (``hvdkit.fusion.Bucket`` list)."""
+        return self._reducer.buckets
+
+    @property
+    def last_step_stats(self):
+        """``hvdkit.stats.StepStats`` of the last exchange (None before the first)."""
+        return self._reducer.last_stats
+
+
 class _Unexchanged:
     """A dense bucket of a world of one rank: nothing to send, so it is neither packed nor unpacked.
     ``finish`` hands back the launched tensors themselves (which the torch front end launches from, and

@@ -20,7 +20,7 @@ from tensorflow.python.ops import control_flow_util  # the one place TF says whe
 
 from hvdkit import comm
 from hvdkit import topology as _topology
-from hvdkit.reducer import NONFINITE_POLICIES, Reducer, hierarchical_links
+from hvdkit.reducer import NONFINITE_POLICIES, Reducer, ReducerView, hierarchical_links
 from hvdkit.tensorflow.backend import TFOps
 from hvdkit.tensorflow.compression import resolve
 from hvdkit.tensorflow.variables import label, tensor_infos
@@ -34,7 +34,7 @@ DEFAULT_FUSION_MB = 25
 _ids = itertools.count()  # numbers exchanges in creation order (the same on every rank) for op names
 
 
-class GradientExchange:
+class GradientExchange(ReducerView):
     """One set of variables' gradient exchange through hvdkit's Reducer (shared with torch).
 
     ``variables``: tf.Variables or Keras 3 variables (or watched tensors), in an order equal on every rank.
@@ -65,22 +65,7 @@ class GradientExchange:
         with tf.init_scope():  # eager even while a tf.function is traced: the check runs once, here
             self._check_ranks()
 
-    # --- introspection -------------------------------------------------------------------
-    @property
-    def compression(self):
-        """The parsed compression Spec in use."""
-        return self._reducer.spec
-
-    @property
-    def buckets(self):
-        """The bucket plan (``hvdkit.fusion.Bucket`` list)."""
-        return self._reducer.buckets
-
-    @property
-    def last_step_stats(self):
-        """``hvdkit.stats.StepStats`` of the last exchange (None before the first)."""
-        return self._reducer.last_stats
-
+    # --- introspection (compression, buckets, last_step_stats: ReducerView) ------------------
     @property
     def steps(self):
         """Exchanges done (what compression warm-up counts)."""

@@ -19,7 +19,7 @@ import horovod.torch as hvd
 
 from hvdkit import comm
 from hvdkit import topology as _topology
-from hvdkit.reducer import Reducer, hierarchical_links, refuse_horovod_only_arguments
+from hvdkit.reducer import Reducer, ReducerView, hierarchical_links, refuse_horovod_only_arguments
 from hvdkit.torch.backend import TorchOps
 from hvdkit.torch.compression import resolve
 from hvdkit.torch.params import named_trainable, tensor_infos
@@ -33,7 +33,7 @@ DEFAULT_FUSION_MB = 25
 _ids = itertools.count()  # numbers optimizers in creation order (same on every rank) for op names
 
 
-class _DistributedOptimizer:
+class _DistributedOptimizer(ReducerView):
     """Mixed in front of the wrapped optimizer's class (see ``DistributedOptimizer``)."""
 
     def _hvdkit_setup(self, named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
@@ -58,22 +58,7 @@ class _DistributedOptimizer:
         hooks = [p.register_post_accumulate_grad_hook(_hook(weakref.ref(self))) for p in self._params]
         weakref.finalize(self, _remove, hooks)  # a dropped optimizer stops counting gradients
 
-    # --- introspection -------------------------------------------------------
-    @property
-    def compression(self):
-        """The parsed compression Spec in use."""
-        return self._reducer.spec
-
-    @property
-    def buckets(self):
-        """The bucket plan (``hvdkit.fusion.Bucket`` list)."""
-        return self._reducer.buckets
-
-    @property
-    def last_step_stats(self):
-        """``hvdkit.stats.StepStats`` of the last synchronised step (None before the first)."""
-        return self._reducer.last_stats
-
+    # --- introspection (compression, buckets, last_step_stats: ReducerView) ------------------
     @property
     def local_phase(self):
         """True once post-local SGD has left its warm-up: gradients stay local, the model is averaged."""
