@@ -1,6 +1,7 @@
-// Blockwise absmax int8 on the GPU: one thread block per quantization block
-// (grid-stride over blocks), absmax by block reduction, then quantize from
-// registers (see kKept).
+// Blockwise absmax int8 on the GPU: one warp per quantization block for the
+// common sizes (quantize_int8_warp_kernel), else one thread block per
+// quantization block (grid-stride over blocks), absmax by block reduction,
+// then quantize from registers (see kKept).
 #include "core/counter_hash.h"
 #include "core/cuda_ops.h"
 #include "core/layout.h"
@@ -67,6 +68,69 @@ __global__ void quantize_int8_kernel(const float* x, int64_t n, int64_t block, i
   }
 }
 
+// One warp per quantization block of 128 * kVectors elements or fewer (the
+// last block may be short): each lane keeps kVectors float4 in registers, the
+// absmax is a warp reduction (no block-wide barrier), and codes go out as
+// char4. For the common block sizes; others use quantize_int8_kernel.
+constexpr int kWarpThreads = 256;
+
+template <int kVectors>
+__global__ void __launch_bounds__(kWarpThreads) quantize_int8_warp_kernel(const float* x, int64_t n, int64_t block,
+                                                                          int64_t blocks, bool stochastic,
+                                                                          uint32_t key, int8_t* q, float* scales) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kWarpThreads / 32);
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * (kWarpThreads / 32) + threadIdx.x / 32; b < blocks;
+       b += warps) {
+    const int64_t begin = b * block;
+    const int64_t end = begin + block < n ? begin + block : n;
+    float v[kVectors][4];
+    float magnitude = 0.0f;
+    bool bad = false;
+#pragma unroll
+    for (int j = 0; j < kVectors; ++j) {
+      const int64_t i = begin + 4 * (lane + 32 * j);
+      if (i + 4 <= end) {
+        const float4 f = *reinterpret_cast<const float4*>(x + i);
+        v[j][0] = f.x, v[j][1] = f.y, v[j][2] = f.z, v[j][3] = f.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[j][e] = i + e < end ? x[i + e] : 0.0f;
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        bad = bad || !is_finite_value(v[j][e]);
+        magnitude = fmaxf(magnitude, fabsf(v[j][e]));
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) magnitude = fmaxf(magnitude, __shfl_xor_sync(~0u, magnitude, offset));
+    bad = __any_sync(~0u, bad);
+    const float ratio = 127.0f / magnitude;
+    const float inverse = bad ? 0.0f : (magnitude > 0.0f && is_finite_value(ratio) ? ratio : 0.0f);
+    if (lane == 0) scales[b] = bad ? __uint_as_float(0x7fc00000u) : magnitude / 127.0f;
+#pragma unroll
+    for (int j = 0; j < kVectors; ++j) {
+      const int64_t i = begin + 4 * (lane + 32 * j);
+      int8_t c[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) c[e] = bad ? 0 : quantize_one(v[j][e], inverse, stochastic, key, i + e);
+      if (i + 4 <= end) {
+        *reinterpret_cast<char4*>(q + i) = make_char4(c[0], c[1], c[2], c[3]);
+      } else {
+        for (int e = 0; e < 4 && i + e < end; ++e) q[i + e] = c[e];
+      }
+    }
+  }
+}
+
+template <int kVectors>
+void launch_warp_quantize(const float* x, int64_t n, int64_t block, int64_t blocks, bool stochastic, uint32_t key,
+                          int8_t* q, float* scales, cudaStream_t stream) {
+  quantize_int8_warp_kernel<kVectors><<<grid_for(blocks * 32, kWarpThreads), kWarpThreads, 0, stream>>>(
+      x, n, block, blocks, stochastic, key, q, scales);
+  check_launch("quantize_int8_warp_kernel");
+}
+
 // Four elements per thread: one char4 load and one float4 store.
 __global__ void dequantize_int8_kernel(const int8_t* q, const float* scales, int64_t n, int64_t block,
                                        float* out, bool accumulate, bool vector) {
@@ -99,6 +163,16 @@ void quantize_int8(const float* x, int64_t n, int64_t block, bool stochastic, ui
   const int64_t blocks = num_blocks(n, block);
   if (blocks == 0) return;
   const uint32_t key = stream_key(seed, RandomStream::kStochasticRounding);
+  if (aligned_to(x, 16) && aligned_to(q, 4) && block % 128 == 0 && block <= 2048) {
+    switch (block / 128) {
+      case 1: return launch_warp_quantize<1>(x, n, block, blocks, stochastic, key, q, scales, stream);
+      case 2: return launch_warp_quantize<2>(x, n, block, blocks, stochastic, key, q, scales, stream);
+      case 4: return launch_warp_quantize<4>(x, n, block, blocks, stochastic, key, q, scales, stream);
+      case 8: return launch_warp_quantize<8>(x, n, block, blocks, stochastic, key, q, scales, stream);
+      case 16: return launch_warp_quantize<16>(x, n, block, blocks, stochastic, key, q, scales, stream);
+      default: break;  // 3, 5, 6, 7, 9, ... vectors a lane: the block-per-block kernel below
+    }
+  }
   const int threads = block >= 256 ? 256 : 64;
   quantize_int8_kernel<<<grid_for(blocks * threads, threads), threads, 0, stream>>>(x, n, block, blocks, stochastic,
                                                                                       key, q, scales);

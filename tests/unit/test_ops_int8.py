@@ -12,7 +12,7 @@ from test_ops_support import (DEVICES, SIZES, SMALL_SIZES, assert_bitwise_equal,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("block", [1, 7, 1024])
+@pytest.mark.parametrize("block", [1, 7, 128, 384, 1024, 2048])  # CUDA: warp kernel for 128 * 2^i
 @pytest.mark.parametrize("stochastic", [False, True])
 def test_quantize_matches_reference(device, n, block, stochastic):
     x = random_vector(n, seed=n + block, device=device, scale=5.0)
