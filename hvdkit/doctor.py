@@ -101,12 +101,24 @@ def check_horovod(report):
     report.add("horovod tensor operations",
                ", ".join(["mpi"] * controllers["mpi"] + ["gloo"] * controllers["gloo"]
                          + [name for name, ok in operations.items() if ok]))
+    report.add("horovod build", horovod_build_key())
     for name in ("torch", "tensorflow"):
         if not frameworks[name]:
             report.problems.append(f"horovod frameworks: built without {name} -- {SETUP_FIX}")
     for name, ok in controllers.items():
         if not ok:
             report.problems.append(f"horovod controllers: built without {name} -- {SETUP_FIX}")
+
+
+def horovod_build_key():
+    """The key scripts/build_horovod.sh left in the environment (versions and a hash of its
+    fixes), or what a Horovod from elsewhere lacks."""
+    try:
+        with open(os.path.join(sys.prefix, ".horovod-key")) as f:
+            return f.read().strip()
+    except OSError:
+        return ("not built by hvdkit's scripts/build_horovod.sh: its fixes may be missing "
+                "(under --gloo a rank that skips a collective is then never reported)")
 
 
 def check_extension(report):

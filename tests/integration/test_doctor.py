@@ -14,6 +14,7 @@ def test_reports_a_complete_build(hvdkit_cli):
     assert rows["tensorflow"].startswith("2.21")
     assert set(rows["horovod frameworks"].split(", ")) >= {"torch", "tensorflow"}
     assert set(rows["horovod controllers"].split(", ")) == {"mpi", "gloo"}
+    assert rows["horovod build"].startswith("horovod0.28.1-torch2.13"), rows["horovod build"]  # hvdkit's build
     assert rows["hvdkit._C backends"].startswith("cpu")
     assert rows["hvdkit._tf_ops backends"].startswith("cpu")
     assert "Open MPI" in rows["mpirun"]
