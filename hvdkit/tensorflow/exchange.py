@@ -62,6 +62,9 @@ class GradientExchange(ReducerView):
                                 _links(hierarchical), fusion_bytes=int(fusion_mb * 2**20),
                                 average=op == hvd.Average, nonfinite=nonfinite,
                                 name=name or f"tf{next(_ids)}")
+        # True: reduce() leaves the gradients as they are, with no collective (post-local SGD after its
+        # warm-up). Every rank must switch at the same step.
+        self.local = False
         with tf.init_scope():  # eager even while a tf.function is traced: the check runs once, here
             self._check_ranks()
 
@@ -112,6 +115,8 @@ class GradientExchange(ReducerView):
 
     def _exchange(self, *grads):
         """The Reducer's step on eager tensors: every bucket exchanged, unpacked in variable order."""
+        if self.local:  # read when the step runs, so a traced step follows the switch too
+            return list(grads) + [tf.constant(True)]
         reducer = self._reducer
         for bucket in reducer.buckets:
             reducer.launch(bucket.index, [grads[slot.index] for slot in bucket.slots])

@@ -109,9 +109,6 @@ def validate(config, world_size, train_samples=None, environ=None):
     if config.framework not in AVAILABLE_FRAMEWORKS:
         raise UsageError(f"--framework {config.framework}: this version trains with "
                          f"{', '.join(AVAILABLE_FRAMEWORKS)} only")
-    if config.framework == "tensorflow" and config.average_every and config.average_warmup:
-        raise UsageError(f"--average-warmup {config.average_warmup}: post-local SGD is not available with "
-                         "--framework tensorflow (use --average-every alone, or --framework torch)")
     _positive("-np", world_size)
     _positive("--epochs", config.epochs)
     _positive("--batch-size", config.batch_size)

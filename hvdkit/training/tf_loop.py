@@ -6,8 +6,10 @@ shard of the data (:mod:`hvdkit.sharding_tf`), and runs ``model.fit`` with
 hvdkit's Keras ``DistributedOptimizer`` (gradients averaged every step, with
 the chosen compression and hierarchy) and its callbacks (initial broadcast,
 metric averaging). With ``--average-every H`` each rank steps with a plain
-optimizer and the model is averaged every H steps (local SGD). Rank 0 prints
-and logs the same records as the torch path.
+optimizer and the model is averaged every H steps (local SGD); with
+``--average-warmup W`` too, the first W steps average gradients as above
+(post-local SGD, :class:`ModelAverager`). Rank 0 prints and logs the same
+records as the torch path.
 
 With ``--checkpoint DIR`` every rank saves its state at each epoch's end
 (:func:`capture` says what goes where), and a rerun resumes after the newest
@@ -65,21 +67,38 @@ class EpochTotals(keras.callbacks.Callback):
 
 class ModelAverager(keras.callbacks.Callback):
     """Local SGD: every ``period`` steps replace the trainable variables with their
-    mean over all ranks (node first, then across nodes, where there are nodes)."""
+    mean over all ranks (node first, then across nodes, where there are nodes).
 
-    def __init__(self, period, hvd, topology):
+    Post-local SGD (``warmup`` > 0): the first ``warmup`` steps average gradients
+    through ``optimizer`` (hvdkit's DistributedOptimizer); then its exchange turns
+    local and the model is averaged every ``period`` steps counted from there, as
+    :class:`hvdkit.averaging.PeriodicAverager` does for torch."""
+
+    def __init__(self, period, hvd, topology, warmup=0, optimizer=None):
         super().__init__()
         self.period = period
+        self.warmup = warmup
         self.steps = 0  # optimizer steps so far (saved in checkpoints: averaging stays on the same steps)
         self.averaged = False  # whether the last step averaged, for traffic accounting
+        self._optimizer = optimizer
         self._hvd = hvd
         self._topology = topology
 
+    @property
+    def in_warmup(self):
+        return self.steps < self.warmup
+
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        self.averaged = self.steps % self.period == 0
+        self.averaged = self.steps > self.warmup and (self.steps - self.warmup) % self.period == 0
         if self.averaged:
             self.average()
+        self.follow_phase()
+
+    def follow_phase(self):
+        """Gradients stay local from the end of the warm-up on (also after a resume)."""
+        if self.warmup and not self.in_warmup:
+            self._optimizer.build_exchange().local = True
 
     def average(self):
         variables = self.model.trainable_variables
@@ -117,7 +136,7 @@ def make_optimizer(config, hvd_keras):
     """hvdkit's DistributedOptimizer around SGD; plain SGD for local SGD (the averaging callback
     then does all the communication)."""
     base = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
-    if config.average_every:
+    if config.average_every and not config.average_warmup:
         return base
     return hvd_keras.DistributedOptimizer(base, compression=config.compression, hierarchical=config.hierarchical)
 
@@ -126,11 +145,10 @@ def traffic_counter(optimizer, averager, nbytes):
     """() -> (payload bytes this rank sent, bytes of the dense gradients they replaced) in the last step.
 
     A local-SGD step sends nothing, or the fp32 model when it averaged; either way it stands in
-    for one dense gradient exchange."""
-    if averager is not None:
-        return lambda: ((nbytes if averager.averaged else 0), nbytes)
-
+    for one dense gradient exchange. (The averager's callback runs before the one that asks.)"""
     def last_step():
+        if averager is not None and averager.steps > averager.warmup:
+            return (nbytes if averager.averaged else 0), nbytes
         stats = optimizer.exchange.last_step_stats if optimizer.exchange is not None else None
         return (stats.bytes_sent, stats.dense_bytes) if stats is not None else (0, 0)
 
@@ -295,10 +313,13 @@ def train(config):
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=False)  # Horovod's CPU ops cannot be XLA-compiled
     optimizer.build(model.trainable_variables)
-    averager = ModelAverager(config.average_every, hvd, topology) if config.average_every else None
+    averager = ModelAverager(config.average_every, hvd, topology, config.average_warmup,
+                             optimizer) if config.average_every else None
     position = restore(config, model, optimizer, averager, hvd, topology)
+    if averager is not None:
+        averager.follow_phase()
     totals = EpochTotals(traffic_counter(optimizer, averager, model_bytes(model)))
-    callbacks = [hvd_keras.callbacks.MetricAverageCallback(), totals] + ([averager] if averager is not None else [])
+    callbacks = [hvd_keras.callbacks.MetricAverageCallback()] + ([averager] if averager is not None else []) + [totals]
     if position is None:  # a fresh start: every rank takes rank 0's initial weights
         position = {"epoch": 0, "global_step": 0}
         callbacks.insert(0, hvd_keras.callbacks.BroadcastGlobalVariablesCallback(0))
@@ -306,7 +327,8 @@ def train(config):
     if topology.rank == 0:
         print(f"hvdkit train: {config.model} on {config.dataset} ({dataset.describe()}), "
               f"{topology.size} ranks on {topology.num_nodes} node(s), compression {config.compression}"
-              + (f", model averaged every {config.average_every} steps" if config.average_every else ""),
+              + (f", model averaged every {config.average_every} steps" if config.average_every else "")
+              + (f" after {config.average_warmup} synchronous steps" if config.average_warmup else ""),
               flush=True)
         if position["epoch"]:
             print(f"hvdkit train: resuming from {config.checkpoint} at step {position['global_step']} "

@@ -1,7 +1,7 @@
 """``hvdkit train --framework tensorflow``: the Keras path trains for real on 2
 ranks like one process with the global batch, writes the torch path's metrics,
 resumes exactly where its checkpoint left off (error-feedback state included),
-and refuses what it cannot do before launching."""
+and runs post-local SGD."""
 import pytest
 from test_train import final_accuracy, train
 
@@ -69,13 +69,28 @@ def test_resume_continues_exactly_after_the_last_checkpoint(hvdkit_cli, tmp_path
     assert records[1]["compression_ratio"] > 10
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--average-every", "4", "--average-warmup", "8"],
-     "--average-warmup 8: post-local SGD is not available with --framework tensorflow"),
-])
-def test_tensorflow_flag_it_cannot_honour_fails_before_launch_with_exit_2(hvdkit_cli, tmp_path, flags, message):
-    result = hvdkit_cli(["train", *TF, "--log-dir", str(tmp_path), *flags], timeout=60)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not (tmp_path / "metrics.jsonl").exists()
+def test_post_local_sgd_is_synchronous_for_its_warmup_then_local_with_periodic_averaging(hvdkit_cli, tmp_path,
+                                                                                         dense_run):
+    """A warm-up of exactly one epoch: epoch 0 must be the dense run's epoch 0 (gradients averaged every
+    step), epoch 1 must send no gradients, only the model every 4 local steps, and differ from dense."""
+    _, dense, _ = dense_run
+    steps = -(-(DIGITS_TRAIN // 2) // 32)
+    result, records = train(hvdkit_cli, tmp_path, *TF, "--epochs", "2", "--average-every", "4",
+                            "--average-warmup", str(steps))
+    assert f"after {steps} synchronous steps" in result.stdout
+    assert records[0]["loss"] == pytest.approx(dense[0]["loss"], rel=1e-6)
+    assert records[0]["test_accuracy"] == dense[0]["test_accuracy"]
+    assert records[0]["bytes_per_step"] == 4 * MLP_PARAMETERS
+    averages = sum(1 for step in range(steps + 1, 2 * steps + 1) if (step - steps) % 4 == 0)
+    assert records[1]["bytes_per_step"] == pytest.approx(4 * MLP_PARAMETERS * averages / steps)
+    assert records[1]["compression_ratio"] == pytest.approx(steps / averages)
+    assert records[1]["loss"] != pytest.approx(dense[1]["loss"], rel=1e-6)  # the ranks did step on their own
+    assert records[1]["test_accuracy"] >= 0.9
+    # Stopped at the switch and resumed: the rerun must come back in the local phase, on the same steps.
+    part, checkpoints = tmp_path / "part", tmp_path / "ckpt"
+    flags = [*TF, "--average-every", "4", "--average-warmup", str(steps), "--checkpoint", str(checkpoints)]
+    train(hvdkit_cli, part, *flags, "--epochs", "1")
+    _, resumed = train(hvdkit_cli, part, *flags, "--epochs", "2")
+    assert [r["epoch"] for r in resumed] == [0, 1]
+    assert resumed[1]["loss"] == pytest.approx(records[1]["loss"], rel=1e-5)
+    assert resumed[1]["bytes_per_step"] == records[1]["bytes_per_step"]

@@ -34,8 +34,7 @@ def test_defaults_are_valid(tmp_path):
     ({"average_every": 0}, 2, "--average-every must be >= 1"),
     ({"compression": "zip"}, 2, "--compression: .*zip"),
     ({"compression": "topk:2"}, 2, "--compression: .*topk"),
-    ({"framework": "tensorflow", "average_every": 4, "average_warmup": 8}, 2,
-     "--average-warmup 8: .*--framework tensorflow"),
+    ({"framework": "tensorflow", "average_warmup": 8}, 2, "--average-warmup 8 needs --average-every"),
     ({}, 0, "-np must be >= 1"),
 ])
 def test_bad_flags_are_named(tmp_path, overrides, world, message):
