@@ -52,3 +52,14 @@ def seed64(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     seed &= 2**64 - 1
     return seed - 2**64 if seed >= 2**63 else seed
+
+
+def run_or_explain(run, explain, refused):
+    """``run()``; when it raises one of ``refused`` (the kernel's own checks said no), ``explain()``
+    runs the per-argument checks, which raise the error naming the bad argument; if they find
+    nothing, the kernel's error goes on."""
+    try:
+        return run()
+    except refused:
+        explain()
+        raise

@@ -30,6 +30,7 @@ from ._op_checks import DEFAULT_BLOCK, MAX_ELEMENTS, topk_approx_floor
 from ._op_checks import check_block as _check_block
 from ._op_checks import check_bool as _check_bool
 from ._op_checks import check_int as _check_int
+from ._op_checks import run_or_explain as _run_or_explain
 from ._op_checks import check_scale as _check_scale
 from ._op_checks import seed64 as _seed64
 
@@ -196,14 +197,6 @@ def _check_flat_out(out, dtype, numel, device):
 _REFUSED = (RuntimeError, TypeError, NotImplementedError, AttributeError)
 
 
-def _run_or_explain(run, explain):
-    try:
-        return run()
-    except _REFUSED:
-        explain()
-        raise
-
-
 def _tensor_list(name, tensors):
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
@@ -258,7 +251,7 @@ def pack(tensors, dtype=None, scale=1.0, *, out=None, report_nonfinite=False):
             return flat, torch.zeros((), dtype=torch.bool, device=flat.device)
         return flat, _library().pack(tensors, flat.view(-1), scale)
 
-    flat, nonfinite = _run_or_explain(run, explain)
+    flat, nonfinite = _run_or_explain(run, explain, _REFUSED)
     return (flat, nonfinite) if report_nonfinite else flat
 
 
@@ -284,7 +277,7 @@ def unpack(flat, tensors, scale=1.0, accumulate=False):
         elif flat.numel() != 0:
             raise ValueError(f"flat has {flat.numel()} elements, but tensors hold 0")
 
-    _run_or_explain(run, explain)
+    _run_or_explain(run, explain, _REFUSED)
 
 
 def cast(x, dtype, scale=1.0, *, out=None):

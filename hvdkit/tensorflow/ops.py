@@ -40,8 +40,8 @@ import importlib.util
 
 import tensorflow as tf
 
-from .._op_checks import (DEFAULT_BLOCK, MAX_ELEMENTS, check_block, check_bool, check_int, check_scale, seed64,
-                          topk_approx_floor)
+from .._op_checks import (DEFAULT_BLOCK, MAX_ELEMENTS, check_block, check_bool, check_int, check_scale,
+                          run_or_explain, seed64, topk_approx_floor)
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -220,14 +220,6 @@ def _decoded(result, out, accumulate):
 _REFUSED = (TypeError, ValueError, tf.errors.OpError)
 
 
-def _run_or_explain(run, explain):
-    try:
-        return run()
-    except _REFUSED:
-        explain()
-        raise
-
-
 def _all_dense(tensors):
     return isinstance(tensors, (list, tuple)) and all(isinstance(t, (tf.Tensor, tf.Variable)) for t in tensors)
 
@@ -250,14 +242,14 @@ def pack(tensors, dtype=None, scale=1.0, report_nonfinite=False):
         tensors = _check_list("tensors", tensors)
     tensors = list(tensors)
     if dtype is None:
-        dtype = _run_or_explain(lambda: _common_dtype(tensors), lambda: _check_list("tensors", tensors))
+        dtype = run_or_explain(lambda: _common_dtype(tensors), lambda: _check_list("tensors", tensors), _REFUSED)
     dtype = _check_dtype(dtype)
     scale = _scale(scale)
     if not tensors:
         flat, nonfinite = tf.zeros([0], dtype), tf.constant(False)
     else:
-        flat, nonfinite = _run_or_explain(lambda: _library().hvdkit_pack(tensors, scale, out_type=dtype),
-                                          lambda: _check_list("tensors", tensors))
+        flat, nonfinite = run_or_explain(lambda: _library().hvdkit_pack(tensors, scale, out_type=dtype),
+                                         lambda: _check_list("tensors", tensors), _REFUSED)
     return (flat, nonfinite) if report_nonfinite else flat
 
 
@@ -282,8 +274,8 @@ def unpack(flat, tensors, scale=1.0, accumulate=False):
     if not tensors:
         _check_numel("flat", flat, 0, "but tensors hold 0")
         return []
-    return list(_run_or_explain(lambda: _library().hvdkit_unpack(flat, tensors, scale, accumulate=accumulate),
-                                explain))
+    return list(run_or_explain(lambda: _library().hvdkit_unpack(flat, tensors, scale, accumulate=accumulate),
+                               explain, _REFUSED))
 
 
 def cast(x, dtype, scale=1.0):
