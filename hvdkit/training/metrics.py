@@ -52,6 +52,24 @@ def _tensorboard_writer(log_dir):
     return SummaryWriter(log_dir=log_dir)
 
 
+def epoch_record(epoch, loss, accuracy, sums, size, steps):
+    """An epoch's record from ``sums`` (samples, seconds, bytes sent, dense bytes), each summed over
+    the ``size`` ranks; ``steps`` is one rank's."""
+    samples, seconds, sent, dense = sums
+    seconds_per_rank = seconds / size
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        "test_accuracy": accuracy,
+        "samples_per_sec": samples / seconds_per_rank if seconds_per_rank else 0.0,
+        "samples_per_sec_per_rank": samples / seconds_per_rank / size if seconds_per_rank else 0.0,
+        "bytes_per_step": sent / size / max(steps, 1),
+        "compression_ratio": dense / sent if sent else 1.0,
+        "world_size": size,
+        "steps": steps,
+    }
+
+
 def format_epoch(record):
     """The line rank 0 prints after each epoch."""
     return (f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  "

@@ -170,19 +170,7 @@ def evaluate(model, x, y, hvd, topology):
 def epoch_record(epoch, totals, accuracy, hvd, topology):
     summed = hvd.allreduce(tf.constant([totals.samples, totals.seconds, totals.bytes_sent, totals.dense_bytes],
                                        dtype=tf.float64), op=hvd.Sum, name="hvdkit.train.epoch").numpy()
-    samples, seconds, sent, dense = summed.tolist()
-    seconds_per_rank = seconds / topology.size
-    return {
-        "epoch": epoch,
-        "loss": totals.loss,
-        "test_accuracy": accuracy,
-        "samples_per_sec": samples / seconds_per_rank if seconds_per_rank else 0.0,
-        "samples_per_sec_per_rank": samples / seconds_per_rank / topology.size if seconds_per_rank else 0.0,
-        "bytes_per_step": sent / topology.size / max(totals.steps, 1),
-        "compression_ratio": dense / sent if sent else 1.0,
-        "world_size": topology.size,
-        "steps": totals.steps,
-    }
+    return metrics.epoch_record(epoch, totals.loss, accuracy, summed.tolist(), topology.size, totals.steps)
 
 
 # ------------------------------------------------------------- checkpoints ----

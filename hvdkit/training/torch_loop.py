@@ -122,19 +122,8 @@ def epoch_record(epoch, totals, accuracy, hvd, topology):
     summed = hvd.allreduce(torch.tensor([totals.loss_sum / max(totals.steps, 1), totals.samples,
                                          totals.seconds, totals.bytes_sent, totals.dense_bytes],
                                         dtype=torch.float64), op=hvd.Sum, name="hvdkit.train.epoch")
-    loss, samples, seconds, sent, dense = summed.tolist()
-    seconds_per_rank = seconds / topology.size
-    return {
-        "epoch": epoch,
-        "loss": loss / topology.size,
-        "test_accuracy": accuracy,
-        "samples_per_sec": samples / seconds_per_rank if seconds_per_rank else 0.0,
-        "samples_per_sec_per_rank": samples / seconds_per_rank / topology.size if seconds_per_rank else 0.0,
-        "bytes_per_step": sent / topology.size / max(totals.steps, 1),
-        "compression_ratio": dense / sent if sent else 1.0,
-        "world_size": topology.size,
-        "steps": totals.steps,
-    }
+    loss, *sums = summed.tolist()
+    return metrics.epoch_record(epoch, loss / topology.size, accuracy, sums, topology.size, totals.steps)
 
 
 def restore(config, model, optimizer, hvd, topology):
