@@ -70,6 +70,14 @@ def epoch_record(epoch, loss, accuracy, sums, size, steps):
     }
 
 
+def finish(writer, record):
+    """Rank 0's end of a run: close the metrics files and print the final accuracy."""
+    writer.close()
+    if record is not None:
+        print(f"hvdkit train: final test accuracy {100 * record['test_accuracy']:.2f}% "
+              f"(metrics in {writer.path})", flush=True)
+
+
 def format_epoch(record):
     """The line rank 0 prints after each epoch."""
     return (f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  "

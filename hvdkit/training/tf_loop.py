@@ -341,8 +341,5 @@ def train(config):
             writer.write(record)
             print(metrics.format_epoch(record), flush=True)
     if writer is not None:
-        writer.close()
-        if record is not None:
-            print(f"hvdkit train: final test accuracy {100 * record['test_accuracy']:.2f}% "
-                  f"(metrics in {writer.path})", flush=True)
+        metrics.finish(writer, record)
     return 0

@@ -216,8 +216,5 @@ def train(config, after_step=None):
             print(metrics.format_epoch(record), flush=True)
         notify(position.global_step)
     if writer is not None:
-        writer.close()
-        if record is not None:
-            print(f"hvdkit train: final test accuracy {100 * record['test_accuracy']:.2f}% "
-                  f"(metrics in {writer.path})", flush=True)
+        metrics.finish(writer, record)
     return 0
