@@ -6,7 +6,7 @@ does this). CUDA sources are compiled only when that torch is a CUDA build and
 a CUDA toolkit is found, so the same tree builds on CPU-only machines.
 
 When TensorFlow is installed, the same build also makes ``hvdkit._tf_ops``, the
-TensorFlow op library (``hvdkit/tensorflow/ops.py`` loads it), from the same
+TensorFlow op library (``hvdkit/kernels/tf_ops.py`` loads it), from the same
 csrc core and CPU kernels; ``HVDKIT_WITHOUT_TF=1`` skips it.
 """
 import glob
@@ -139,5 +139,5 @@ setup(
     python_requires=">=3.10",
     ext_modules=ext_modules,
     cmdclass={"build_ext": _separate_tf_objects(build_ext)},
-    entry_points={"console_scripts": ["hvdkit = hvdkit.cli:main"]},
+    entry_points={"console_scripts": ["hvdkit = hvdkit.cli.main:main"]},
 )

@@ -20,7 +20,7 @@ shared machine other work only ever adds time). Horovod cannot be restarted
 in-process with its cycle time or fusion threshold set (0.28.1 crashes in its
 parameter manager), so raw MPI's sweeps all come first.
 
-hvdkit's settings (``hvdkit.horovod_env``, including the launch-time ones)
+hvdkit's settings (``hvdkit.runtime.horovod_env``, including the launch-time ones)
 are applied before MPI and torch start, so all four paths run under the same
 MPI settings; ``--horovod-defaults`` instead runs everything with Horovod's,
 Open MPI's and PyTorch's shipped values.
@@ -140,7 +140,7 @@ def bench_mpi(comm, counts, args):
 
 def horovod_starts(hvd, topo, inplace):
     """impl -> start(tensor, name): starts one sum allreduce, returns the function that waits for it."""
-    from hvdkit import collectives
+    from hvdkit.exchange import collectives
 
     start_horovod = hvd.allreduce_async_ if inplace else hvd.allreduce_async
     return {
@@ -214,7 +214,7 @@ def print_summary(by_impl):
 
 def apply_settings(args):
     """hvdkit's settings (or the shipped ones) into the environment, before MPI starts."""
-    from hvdkit import horovod_env
+    from hvdkit.runtime import horovod_env
 
     if args.horovod_defaults:
         os.environ.update({k: v for k, v in SHIPPED.items() if k not in os.environ})
@@ -231,7 +231,8 @@ def main(argv=None):
     from mpi4py import MPI
 
     import horovod.torch as hvd
-    from hvdkit import horovod_env, topology
+    from hvdkit import topology
+    from hvdkit.runtime import horovod_env
 
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD

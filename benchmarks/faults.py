@@ -7,7 +7,7 @@ with the others in a loop, on torch CPU tensors), waits until every rank is
 reducing, injects the fault and times it with the clock of this process:
 
 * ``sigkill``: SIGKILL to one rank (the last but one; its pid is the one
-  ``hvdkit.rank_status`` recorded) -> ``hvdkit run`` exits. For np = 2 and
+  ``hvdkit.runtime.rank_status`` recorded) -> ``hvdkit run`` exits. For np = 2 and
   4, mpirun and horovodrun --gloo; the median and range over ``--repeat``.
 * ``sigstop``: SIGSTOP to rank 1 -> the status wrapper reports it (the line
   "was stopped by SIGSTOP" appears) -> ``hvdkit run`` exits, which happens

@@ -48,7 +48,7 @@ if [ "$BUILD" = 1 ]; then
     "$PYTHON" -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -n 3
 fi
 "$PYTHON" -c "
-from hvdkit import ops
+from hvdkit.kernels import torch_ops as ops
 state = ops.backends()
 print(state)
 assert state['cuda'], 'hvdkit was built without its CUDA kernels: ' + str(state)

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from hvdkit import ops
-from hvdkit import ops_reference as ref
+from hvdkit.kernels import torch_ops as ops
+from hvdkit.kernels import torch_reference as ref
 
 BLOCK = 1024
 RANKS = 4  # payloads summed by the decode benchmarks

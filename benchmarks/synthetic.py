@@ -32,7 +32,7 @@ What the two implementations are:
   job, and the table also lists it for every repeat.
 
 Both implementations run with the Horovod settings of
-``hvdkit.horovod_env`` (export a variable to override it for both), so the
+``hvdkit.runtime.horovod_env`` (export a variable to override it for both), so the
 comparison measures the training paths, not Horovod's cycle time.
 """
 import argparse
@@ -94,7 +94,7 @@ def torch_worker(args):
     if args.impl == "horovod":
         import horovod.torch as hvd
 
-        from hvdkit import horovod_env
+        from hvdkit.runtime import horovod_env
 
         horovod_env.apply_defaults()  # the same Horovod settings for both, so only the optimizers differ
         hvd.init()

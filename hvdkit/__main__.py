@@ -1,5 +1,5 @@
 import sys
 
-from hvdkit.cli import main
+from hvdkit.cli.main import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 ``init(hvd)`` finds which ranks share a node (mpi4py's
 ``Split_type(COMM_TYPE_SHARED)`` under an MPI launcher; horovodrun's
 ``HOROVOD_*`` variables under Gloo), applies hvdkit's Horovod settings
-(:mod:`hvdkit.horovod_env`), and initialises Horovod with two kinds of process
+(:mod:`hvdkit.runtime.horovod_env`), and initialises Horovod with two kinds of process
 sets so hierarchical collectives run through Horovod itself:
 
 * intra-node: the ranks of one node;
@@ -20,11 +20,12 @@ import dataclasses
 import os
 import threading
 
-from hvdkit import abort, horovod_env
+from hvdkit.runtime import abort
+from hvdkit.runtime import horovod_env
 
 ENV_RANKS_PER_NODE = "HVDKIT_RANKS_PER_NODE"
 
-__all__ = ["ENV_RANKS_PER_NODE", "Topology", "current", "init"]
+__all__ = ["ENV_RANKS_PER_NODE", "Topology", "current", "horovod", "init"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,3 +279,9 @@ def current():
             "hvdkit topology is not initialised: call hvdkit.topology.init(hvd) first "
             "(hvd = horovod.torch or horovod.tensorflow)")
     return _current
+
+
+def horovod():
+    """The Horovod module ``init`` started (``horovod.torch`` or ``horovod.tensorflow``)."""
+    current()
+    return _framework

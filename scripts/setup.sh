@@ -68,9 +68,9 @@ pip install -qq -r requirements.txt \
 # --- hvdkit and its extension --------------------------------------------
 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --quiet --no-build-isolation --no-deps -e . > /tmp/hvdkit-pip-e.log 2>&1 \
   || { tail -n 40 /tmp/hvdkit-pip-e.log >&2; die "building hvdkit's C++ extension failed (log above)"; }
-python -c "from hvdkit import ops; b = ops.backends(); assert b['loaded'], b['error']" \
+python -c "from hvdkit.kernels import torch_ops; b = torch_ops.backends(); assert b['loaded'], b['error']" \
   || die "hvdkit's torch extension (hvdkit._C) was built but does not load"
-python -c "from hvdkit.tensorflow import ops; b = ops.backends(); assert b['loaded'], b['error']" \
+python -c "from hvdkit.kernels import tf_ops; b = tf_ops.backends(); assert b['loaded'], b['error']" \
   || die "hvdkit's TensorFlow op library (hvdkit._tf_ops) was built but does not load"
 
 inputs_hash > "$STAMP"

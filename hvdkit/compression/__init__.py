@@ -1,7 +1,7 @@
 """Gradient compression: spec strings, the algorithm registry and per-bucket state.
 
 Framework-neutral: algorithms reach tensors only through a ``TensorOps``
-implementation (``hvdkit.torch.backend.TorchOps`` for torch).
+implementation (``hvdkit.compression.torch_ops.TorchOps`` for torch).
 """
 from hvdkit.compression.base import Compressor
 from hvdkit.compression.registry import ALGORITHMS, create, names

@@ -1,7 +1,7 @@
 """``GradientExchange``: one set of variables' gradients averaged through hvdkit's Reducer.
 
 The bucket plan, compression, error feedback, hierarchy, non-finite policy
-and cross-rank model check are the torch front end's (``hvdkit.reducer``);
+and cross-rank model check are the torch front end's (``hvdkit.exchange.reducer``);
 this file only turns TensorFlow gradients into the Reducer's inputs and back.
 Horovod's TensorFlow collectives have no asynchronous form, so buckets are
 exchanged one after another once every gradient is known (no overlap with
@@ -18,18 +18,14 @@ import horovod.tensorflow as hvd
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # the one place TF says whether a graph is XLA-compiled
 
-from hvdkit import comm
-from hvdkit import topology as _topology
-from hvdkit.reducer import NONFINITE_POLICIES, Reducer, ReducerView, hierarchical_links
-from hvdkit.tensorflow.backend import TFOps
-from hvdkit.tensorflow.compression import resolve
+from hvdkit.compression.horovod_names import resolve
+from hvdkit.compression.tf_ops import TFOps
+from hvdkit.exchange.engine import HorovodTransport
+from hvdkit.exchange.options import DEFAULT_FUSION_MB, check_exchange_arguments, links
+from hvdkit.exchange.reducer import Reducer, ReducerView
 from hvdkit.tensorflow.variables import label, tensor_infos
 
-__all__ = ["DEFAULT_FUSION_MB", "GradientExchange", "check_settings"]
-
-# Bucket size cap, as in hvdkit.torch: PyTorch DDP's default, a middle between Horovod's per-op latency
-# and buffers that fit in cache.
-DEFAULT_FUSION_MB = 25
+__all__ = ["GradientExchange", "check_settings", "refuse_xla"]
 
 _ids = itertools.count()  # numbers exchanges in creation order (the same on every rank) for op names
 
@@ -39,7 +35,7 @@ class GradientExchange(ReducerView):
 
     ``variables``: tf.Variables or Keras 3 variables (or watched tensors), in an order equal on every rank.
     ``compression``: a spec string (``"topk:0.01"``, ...), a Spec, or ``hvd.Compression.none/fp16``.
-    ``hierarchical``: True, False or "auto" (see ``hvdkit.reducer.hierarchical_links``).
+    ``hierarchical``: True, False or "auto" (see ``hvdkit.exchange.options.hierarchical_links``).
     ``op``: ``horovod.tensorflow.Average`` (default) or ``Sum``.
     ``nonfinite``: "skip" (``finite`` is False on every rank; the caller skips the update), "raise"
     (FloatingPointError on every rank; inside a tf.function a ``tf.errors.OpError`` carrying it), "pass".
@@ -58,7 +54,7 @@ class GradientExchange(ReducerView):
         self._shapes = [tf.TensorShape(i.shape) for i in infos]  # static output shapes inside tf.function
         self._dtypes = [tf.as_dtype(i.dtype) for i in infos]
         self.op = op
-        self._reducer = Reducer(infos, spec, TFOps(), comm.HorovodTransport(hvd),
+        self._reducer = Reducer(infos, spec, TFOps(), HorovodTransport(hvd),
                                 _links(hierarchical), fusion_bytes=int(fusion_mb * 2**20),
                                 average=op == hvd.Average, nonfinite=nonfinite,
                                 name=name or f"tf{next(_ids)}")
@@ -94,7 +90,7 @@ class GradientExchange(ReducerView):
         if tf.executing_eagerly():
             outputs = self._exchange(*dense)
         else:
-            _refuse_xla()
+            refuse_xla()
             outputs = tf.py_function(self._exchange, dense, Tout=self._dtypes + [tf.bool],
                                      name="hvdkit_gradient_exchange")
             for tensor, shape in zip(outputs, self._shapes + [tf.TensorShape([])]):
@@ -144,31 +140,17 @@ def check_settings(compression, hierarchical, fusion_mb, op, nonfinite):
     if op not in (hvd.Average, hvd.Sum):
         raise ValueError(f"op must be hvd.Average or hvd.Sum, got {op!r} (hvdkit's TensorFlow front end has "
                          f"no Adasum)")
-    if hierarchical not in (True, False, "auto"):
-        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
-    if isinstance(fusion_mb, bool) or not isinstance(fusion_mb, (int, float)) or fusion_mb < 0:
-        raise ValueError(f"fusion_mb must be a number >= 0, got {fusion_mb!r}")
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {nonfinite!r}")
+    check_exchange_arguments(hierarchical, fusion_mb, nonfinite)
     return spec, op
 
 
-def _refuse_xla():
+def refuse_xla(who="hvdkit.tensorflow: the gradient exchange",
+               remedy="Compute and exchange the gradients in a function without jit_compile."):
     """XLA cannot compile tf.py_function: say so where the step is traced, not deep inside XLA."""
-    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
-        raise RuntimeError("hvdkit.tensorflow: the gradient exchange cannot run inside an XLA-compiled function "
-                           "(jit_compile=True): it calls Horovod through tf.py_function, which XLA cannot compile. "
-                           "Compute and exchange the gradients in a function without jit_compile.")
+    if not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        raise RuntimeError(f"{who} cannot run inside an XLA-compiled function (jit_compile=True): it calls "
+                           f"Horovod through tf.py_function, which XLA cannot compile. {remedy}")
 
 
 def _links(hierarchical):
-    try:
-        topo = _topology.current()
-    except RuntimeError:
-        if not hvd.is_initialized():
-            raise RuntimeError("hvdkit: Horovod is not initialised; call hvdkit.tensorflow.init() first") from None
-        if hierarchical is True:
-            raise ValueError("hierarchical=True needs hvdkit.tensorflow.init() (not hvd.init()), which registers "
-                             "the node process sets") from None
-        return comm.Links(comm.Link(hvd.global_process_set, hvd.size(), hvd.rank()))
-    return hierarchical_links(hvd, topo, hierarchical)
+    return links(hvd, hierarchical, "hvdkit.tensorflow.init()")

@@ -13,8 +13,8 @@ import itertools
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from hvdkit import consistency
-from hvdkit.tensorflow import ops as kernels
+from hvdkit.exchange import consistency
+from hvdkit.kernels import tf_ops as kernels
 from hvdkit.tensorflow.variables import label, tensor_infos, unwrap
 
 __all__ = ["broadcast_variables"]

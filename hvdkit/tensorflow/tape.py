@@ -16,8 +16,8 @@ settings.
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from hvdkit.reducer import refuse_horovod_only_arguments
-from hvdkit.tensorflow.exchange import DEFAULT_FUSION_MB, GradientExchange, check_settings
+from hvdkit.exchange.options import DEFAULT_FUSION_MB, refuse_horovod_only_arguments
+from hvdkit.tensorflow.exchange import GradientExchange, check_settings
 from hvdkit.tensorflow.variables import unwrap
 
 __all__ = ["DistributedGradientTape"]
@@ -44,7 +44,7 @@ class _DistributedGradientTape:
 
     @property
     def last_step_stats(self):
-        """``hvdkit.stats.StepStats`` of the last exchange (None before the first)."""
+        """``hvdkit.exchange.stats.StepStats`` of the last exchange (None before the first)."""
         return None if self.exchange is None else self.exchange.last_step_stats
 
 

@@ -10,7 +10,7 @@ different.
 """
 import tensorflow as tf
 
-from hvdkit.fusion import TensorInfo
+from hvdkit.exchange.buckets import TensorInfo
 
 __all__ = ["unwrap", "tensor_infos", "label"]
 

@@ -17,18 +17,15 @@ import weakref
 
 import horovod.torch as hvd
 
-from hvdkit import comm
-from hvdkit import topology as _topology
-from hvdkit.reducer import Reducer, ReducerView, hierarchical_links, refuse_horovod_only_arguments
-from hvdkit.torch.backend import TorchOps
-from hvdkit.torch.compression import resolve
+from hvdkit.compression.horovod_names import resolve
+from hvdkit.compression.torch_ops import TorchOps
+from hvdkit.exchange.engine import HorovodTransport
+from hvdkit.exchange.options import (DEFAULT_FUSION_MB, check_exchange_arguments, links,
+                                     refuse_horovod_only_arguments)
+from hvdkit.exchange.reducer import Reducer, ReducerView
 from hvdkit.torch.params import named_trainable, tensor_infos
 
-__all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB"]
-
-# Bucket size cap. Smaller buckets start communicating earlier in backward (more overlap) but pay
-# Horovod's per-op latency more often; 25 MB is PyTorch DDP's default and a good middle.
-DEFAULT_FUSION_MB = 25
+__all__ = ["DistributedOptimizer"]
 
 _ids = itertools.count()  # numbers optimizers in creation order (same on every rank) for op names
 
@@ -45,7 +42,7 @@ class _DistributedOptimizer(ReducerView):
         self.backward_passes_per_step = backward_passes_per_step
         self.op = op
         self.sparse_as_dense = sparse_as_dense
-        self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), comm.HorovodTransport(hvd),
+        self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), HorovodTransport(hvd),
                                 _links(hierarchical), fusion_bytes=int(fusion_mb * 2**20),
                                 average=op == hvd.Average, nonfinite=nonfinite, name=f"o{next(_ids)}")
         self._delay = [backward_passes_per_step] * len(self._params)  # backward passes left per parameter
@@ -190,7 +187,7 @@ class _DistributedOptimizer(ReducerView):
         if saved is not None:
             self._reducer.load_state_dict(saved)
 
-    # --- elastic training (hvdkit.elastic) ----------------------------------------
+    # --- elastic training (hvdkit.torch.elastic) ----------------------------------------
     def world_changed(self, keep_residuals):
         """Exchange over the ranks Horovod has now, after an elastic reset restarted it with others.
 
@@ -227,17 +224,7 @@ def _remove(handles):
 
 
 def _links(hierarchical):
-    try:
-        topo = _topology.current()
-    except RuntimeError:
-        if not hvd.is_initialized():
-            raise RuntimeError("DistributedOptimizer: Horovod is not initialised; call hvdkit.torch.init() "
-                               "first") from None
-        if hierarchical is True:
-            raise ValueError("hierarchical=True needs hvdkit.torch.init() (not hvd.init()), which registers "
-                             "the node process sets") from None
-        return comm.Links(comm.Link(hvd.global_process_set, hvd.size(), hvd.rank()))
-    return hierarchical_links(hvd, topo, hierarchical)
+    return links(hvd, hierarchical, "hvdkit.torch.init()")
 
 
 def _constructor_kwargs(optimizer):
@@ -277,8 +264,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     if op not in (hvd.Average, hvd.Sum, hvd.Adasum):
         raise ValueError(f"op must be hvd.Average, hvd.Sum or hvd.Adasum, got {op!r}")
     refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set)
-    if not isinstance(fusion_mb, (int, float)) or fusion_mb < 0:
-        raise ValueError(f"fusion_mb must be a number >= 0, got {fusion_mb!r}")
+    check_exchange_arguments(hierarchical, fusion_mb, nonfinite)
     spec = resolve(compression)
     if local_sgd is not None and not hasattr(local_sgd, "in_warmup"):
         raise ValueError(f"local_sgd must be a hvdkit.averaging.PeriodicAverager, got {local_sgd!r}")

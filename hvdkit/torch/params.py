@@ -3,7 +3,7 @@ import collections
 
 import torch
 
-from hvdkit.fusion import TensorInfo
+from hvdkit.exchange.buckets import TensorInfo
 
 __all__ = ["named_trainable", "tensor_infos"]
 

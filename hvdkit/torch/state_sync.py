@@ -2,7 +2,7 @@
 import horovod.torch as hvd
 import torch
 
-from hvdkit import consistency
+from hvdkit.exchange import consistency
 
 __all__ = ["broadcast_state", "broadcast_optimizer_state", "check_model"]
 

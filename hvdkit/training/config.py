@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 
-from hvdkit import env_check
+from hvdkit.runtime import env_check
 from hvdkit.errors import UsageError
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -200,7 +200,7 @@ def _check_hierarchical(config, world_size, environ):
 
 
 def _check_environment(config, world_size, environ):
-    """The variables hvdkit and Horovod read (hvdkit.env_check), as the ranks will see them: a
+    """The variables hvdkit and Horovod read (hvdkit.runtime.env_check), as the ranks will see them: a
     --ranks-per-node flag replaces HVDKIT_RANKS_PER_NODE."""
     if config.ranks_per_node is not None:
         environ = dict(environ, **{env_check.RANKS_PER_NODE: str(config.ranks_per_node)})
@@ -217,3 +217,12 @@ def _check_checkpoint_every(config):
     if config.framework != "torch":
         raise UsageError(f"--checkpoint-every: mid-epoch checkpoints are available with --framework torch only, "
                          f"got --framework {config.framework}")
+
+
+def check(config, world_size):
+    """Every flag and environment value of a run on ``world_size`` ranks, then its data shard: a
+    ``UsageError`` naming the first bad one."""
+    from hvdkit.training import data
+
+    validate(config, world_size)  # flags and environment first: they need no dataset
+    check_shard(config, world_size, len(data.load(config.dataset, config.seed).x_train))

@@ -3,8 +3,8 @@
 Outside a launcher it starts ``horovodrun --gloo -np N --min-np A --max-np B
 --host-discovery-script S`` on itself; each worker then trains with the
 torch loop's own pieces (:mod:`hvdkit.training.torch_loop`: optimizer, epoch,
-evaluation, records) inside ``hvdkit.elastic.run``, its state held by an
-:class:`hvdkit.elastic.ElasticState`: model, optimizer (with the error-feedback
+evaluation, records) inside ``hvdkit.torch.elastic.run``, its state held by an
+:class:`hvdkit.torch.elastic.ElasticState`: model, optimizer (with the error-feedback
 state), and the position ``epoch``, ``samples`` (of the epoch, all ranks
 together) and ``global_step``. It commits every ``--commit-every`` steps and
 at each epoch's end. When a worker dies the others roll back to the last
@@ -100,7 +100,8 @@ def worker_argv(config, options):
 
 def launch(config, options, environ=os.environ):
     """Start the elastic job and return its exit code."""
-    from hvdkit import elastic, launch as launcher
+    from hvdkit.torch import elastic
+    from hvdkit.runtime import launcher
 
     horovodrun = launcher.find_tool("horovodrun")
     if not horovodrun:
@@ -118,20 +119,20 @@ def launch(config, options, environ=os.environ):
 
 def main(args):
     """``hvdkit train --elastic``: launch outside a launcher, train inside one."""
-    from hvdkit import train as train_command
+    from hvdkit.runtime.launcher import inside_launcher, launcher_world_size
     from hvdkit.training import config as train_config
 
     config = train_config.from_args(args)
     options = options_from_args(args)
-    if train_command.inside_launcher():
+    if inside_launcher():
         if os.environ.get("HOROVOD_ELASTIC") != "1":
             raise UsageError("--elastic workers must be started by horovodrun's elastic mode; run "
                              "'hvdkit train --elastic ...' outside a launcher and it starts them")
-        train_command.check(config, train_command.launcher_world_size())
+        train_config.check(config, launcher_world_size())
         train(config, options.commit_every)
         return 0
     validate(config, options)
-    train_command.check(config, config.np if options.max_np is None else options.max_np)
+    train_config.check(config, config.np if options.max_np is None else options.max_np)
     return launch(config, options)
 
 
@@ -141,7 +142,7 @@ def train(config, commit_every=DEFAULT_COMMIT_EVERY, after_step=None):
     import torch
 
     import hvdkit.torch as hvd
-    from hvdkit import elastic
+    from hvdkit.torch import elastic
     from hvdkit.training import data as datasets
     from hvdkit.training import torch_loop, torch_models, torch_state
 
@@ -241,7 +242,7 @@ def _check_same_model(model, hvd, topo):
     digest = hashlib.sha256()
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digests = hvd.allgather_object(digest.hexdigest(), name="hvdkit.elastic.final")
+    digests = hvd.allgather_object(digest.hexdigest(), name="hvdkit.torch.elastic.final")
     differing = [rank for rank, d in enumerate(digests) if d != digests[0]]
     if differing:
         raise RuntimeError(f"hvdkit elastic: the final model differs from rank 0's on ranks {differing}")

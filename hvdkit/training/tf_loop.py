@@ -2,7 +2,7 @@
 
 The same job as :mod:`hvdkit.training.torch_loop`, written the way a Keras
 user writes it: every rank builds the same model from the seed, reads its own
-shard of the data (:mod:`hvdkit.sharding_tf`), and runs ``model.fit`` with
+shard of the data (:mod:`hvdkit.data.tf_datasets`), and runs ``model.fit`` with
 hvdkit's Keras ``DistributedOptimizer`` (gradients averaged every step, with
 the chosen compression and hierarchy) and its callbacks (initial broadcast,
 metric averaging). With ``--average-every H`` each rank steps with a plain
@@ -23,7 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hvdkit import checkpoint, collectives, sharding, sharding_tf
+from hvdkit.state import checkpoint
+from hvdkit.exchange import collectives
+from hvdkit.data import sharding
+from hvdkit.data import tf_datasets as sharding_tf
 from hvdkit.training import data as datasets
 from hvdkit.training import metrics, tf_models
 
@@ -104,7 +107,7 @@ class ModelAverager(keras.callbacks.Callback):
         variables = self.model.trainable_variables
         flat = tf.concat([tf.reshape(v, [-1]) for v in variables], axis=0)
         mean = collectives.hierarchical_allreduce(flat, self._hvd, self._topology, "average",
-                                                  name="hvdkit.train.average")
+                                                  name="hvdkit.cli.train.average")
         for variable, part in zip(variables, tf.split(mean, [int(np.prod(v.shape)) for v in variables])):
             variable.assign(tf.reshape(part, variable.shape))
 
@@ -163,20 +166,20 @@ def evaluate(model, x, y, hvd, topology):
         logits = model.predict(x[mine], batch_size=EVAL_BATCH, verbose=0)
         correct = int((logits.argmax(axis=1) == y[mine]).sum())
     totals = hvd.allreduce(tf.constant([correct, len(mine)], dtype=tf.float64), op=hvd.Sum,
-                           name="hvdkit.train.eval").numpy()
+                           name="hvdkit.cli.train.eval").numpy()
     return float(totals[0] / totals[1])
 
 
 def epoch_record(epoch, totals, accuracy, hvd, topology):
     summed = hvd.allreduce(tf.constant([totals.samples, totals.seconds, totals.bytes_sent, totals.dense_bytes],
-                                       dtype=tf.float64), op=hvd.Sum, name="hvdkit.train.epoch").numpy()
+                                       dtype=tf.float64), op=hvd.Sum, name="hvdkit.cli.train.epoch").numpy()
     return metrics.epoch_record(epoch, totals.loss, accuracy, summed.tolist(), topology.size, totals.steps)
 
 
 # ------------------------------------------------------------- checkpoints ----
 def _storable(value):
     """``value`` (nested dicts, lists, tuples) with every TensorFlow tensor, Keras variable and numpy
-    array as a torch tensor: ``torch.save`` (hvdkit.checkpoint) stores those as raw bytes, while it
+    array as a torch tensor: ``torch.save`` (hvdkit.state.checkpoint) stores those as raw bytes, while it
     pickles numpy arrays as latin-1 text, half as large again."""
     import torch
 
@@ -269,7 +272,7 @@ def save(config, position, model, optimizer, averager, hvd, topology):
 
 
 def _allgather(hvd, what):
-    return lambda obj: hvd.allgather_object(obj, name=f"hvdkit.checkpoint.{what}")
+    return lambda obj: hvd.allgather_object(obj, name=f"hvdkit.state.checkpoint.{what}")
 
 
 # ------------------------------------------------------------------- train ----

@@ -1,7 +1,7 @@
 """The PyTorch training loop behind ``hvdkit train``.
 
 Every rank builds the same model from the seed, reads its own shard of the
-data (:mod:`hvdkit.sharding`), and either averages gradients every step
+data (:mod:`hvdkit.data.sharding`), and either averages gradients every step
 through hvdkit's ``DistributedOptimizer`` (with the chosen compression and
 hierarchy) or, with ``--average-every H``, steps locally and averages the
 model every H steps (:mod:`hvdkit.averaging`). Loss and test accuracy are
@@ -17,7 +17,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hvdkit import averaging, checkpoint, sharding
+from hvdkit import averaging
+from hvdkit.state import checkpoint
+from hvdkit.data import sharding
 from hvdkit.training import data as datasets
 from hvdkit.training import metrics, torch_models, torch_state
 
@@ -59,7 +61,7 @@ def evaluate(model, x, y, hvd, topology):
         correct = (model(x[mine]).argmax(dim=1) == y[mine]).sum().item() if len(mine) else 0
     model.train()
     totals = hvd.allreduce(torch.tensor([float(correct), float(len(mine))], dtype=torch.float64),
-                           op=hvd.Sum, name="hvdkit.train.eval")
+                           op=hvd.Sum, name="hvdkit.cli.train.eval")
     return (totals[0] / totals[1]).item()
 
 
@@ -121,7 +123,7 @@ def train_epoch(epoch, first_step, totals, config, model, optimizer, x, y, hvd, 
 def epoch_record(epoch, totals, accuracy, hvd, topology):
     summed = hvd.allreduce(torch.tensor([totals.loss_sum / max(totals.steps, 1), totals.samples,
                                          totals.seconds, totals.bytes_sent, totals.dense_bytes],
-                                        dtype=torch.float64), op=hvd.Sum, name="hvdkit.train.epoch")
+                                        dtype=torch.float64), op=hvd.Sum, name="hvdkit.cli.train.epoch")
     loss, *sums = summed.tolist()
     return metrics.epoch_record(epoch, loss / topology.size, accuracy, sums, topology.size, totals.steps)
 
@@ -132,7 +134,7 @@ def restore(config, model, optimizer, hvd, topology):
     if not config.checkpoint:
         return None
     found = checkpoint.load_sharded(config.checkpoint, topology.rank, topology.size,
-                                    _allgather(hvd, "hvdkit.checkpoint.load"))
+                                    _allgather(hvd, "hvdkit.state.checkpoint.load"))
     if found is None:
         return None
     _, shared, local = found
@@ -145,7 +147,7 @@ def save(config, position, model, optimizer, totals, hvd, topology):
     shared, local = torch_state.capture(config, model, optimizer, position,
                                         None if totals is None else totals.to_dict(), topology.size)
     checkpoint.save_sharded(config.checkpoint, position.global_step, topology.rank, local,
-                            _allgather(hvd, "hvdkit.checkpoint.save"),
+                            _allgather(hvd, "hvdkit.state.checkpoint.save"),
                             shared=shared if topology.rank == 0 else None)
 
 

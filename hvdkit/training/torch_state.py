@@ -14,7 +14,7 @@ import random
 import numpy as np
 import torch
 
-from hvdkit.checkpoint import CheckpointError
+from hvdkit.state.checkpoint import CheckpointError
 
 FORMAT = 1
 

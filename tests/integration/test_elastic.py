@@ -128,7 +128,7 @@ def reference(switch_step, sizes, epochs, seed=0, lr=0.05, momentum=0.9):
     import torch
     import torch.nn.functional as F
 
-    from hvdkit import sharding
+    from hvdkit.data import sharding
     from hvdkit.training import data, torch_models, torch_state
 
     torch.set_num_threads(1)  # tiny ops: threads only add synchronisation on a busy machine
@@ -313,7 +313,7 @@ def test_launch_command_is_horovodrun_elastic_running_hvdkit_train(script):
 
 
 def test_settings_fix_at_most_one_of_cycle_time_and_fusion_threshold():
-    from hvdkit import elastic
+    from hvdkit.torch import elastic
 
     env = {}
     applied = elastic.prepare_environment(env)
@@ -332,8 +332,9 @@ def test_settings_fix_at_most_one_of_cycle_time_and_fusion_threshold():
 def test_sampler_resumes_on_a_new_world_without_skipping(n, old, new, taken):
     """Whatever the old ranks consumed plus what the new ranks read covers the epoch; fewer than
     ``new`` samples are read twice, besides the padding that makes the epoch divide evenly."""
-    from hvdkit import elastic, sharding
-    from hvdkit.sharding_torch import ShardedSampler
+    from hvdkit.torch import elastic
+    from hvdkit.data import sharding
+    from hvdkit.data.torch_sampler import ShardedSampler
 
     dataset = range(n)
     consumed, position = [], None

@@ -4,7 +4,7 @@ process, /dev/shm segment or temporary file of the job behind.
 
 Each job runs under an outer timeout (a hang fails the test, and the test then
 kills that job's processes, found by a marker in their environment). The
-injected rank is found through the process ids ``hvdkit.rank_status``
+injected rank is found through the process ids ``hvdkit.runtime.rank_status``
 recorded, and the job's files are watched through its own processes'
 ``/proc`` entries, so jobs of others running beside these are never touched.
 """
@@ -172,7 +172,7 @@ class Job:
         return {r: int((self.ready_dir / f"rank{r}").read_text()) for r in range(ranks)}
 
     def recorded_pid(self, rank):
-        """The rank's pid as ``hvdkit.rank_status`` recorded it in the launcher's status directory
+        """The rank's pid as ``hvdkit.runtime.rank_status`` recorded it in the launcher's status directory
         (None before the record exists)."""
         records = glob.glob(str(self.tmpdir / "hvdkit-run-*" / f"rank{rank}.pids.json"))
         assert len(records) <= 1, f"expected one status record of rank {rank}, found {records}"

@@ -144,7 +144,7 @@ def run_and_kill(workdir, flags, pause_at):
 # ------------------------------------------------------------- comparison ---
 def final_state(directory):
     """{file role: payload} of the newest checkpoint, each file's checksum checked."""
-    from hvdkit import checkpoint
+    from hvdkit.state import checkpoint
 
     entries = checkpoint.read_pointer(directory)
     assert entries is not None, f"no checkpoint in {directory}"

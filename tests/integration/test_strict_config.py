@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
-from hvdkit import env_check
+from hvdkit.runtime import env_check
 
 PROMPT_S = 15.0  # typically under 2 s; the margin is for a loaded 2-core machine
 

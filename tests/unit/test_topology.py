@@ -2,7 +2,8 @@
 lists, launcher detection and the settings applied before Horovod starts."""
 import pytest
 
-from hvdkit import horovod_env, topology
+from hvdkit import topology
+from hvdkit.runtime import horovod_env
 from hvdkit.topology import (emulated_layout, layout_from_node_keys, parse_ranks_per_node, process_set_ranks,
                              topology_for)
 

@@ -33,10 +33,9 @@ import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 from keras.src.optimizers.base_optimizer import BaseOptimizer
-from tensorflow.python.ops import control_flow_util
 
-from hvdkit.reducer import refuse_horovod_only_arguments
-from hvdkit.tensorflow.exchange import DEFAULT_FUSION_MB, GradientExchange, check_settings
+from hvdkit.exchange.options import DEFAULT_FUSION_MB, refuse_horovod_only_arguments
+from hvdkit.tensorflow.exchange import GradientExchange, check_settings, refuse_xla
 from hvdkit.tensorflow.variables import label
 
 __all__ = ["DistributedOptimizer", "DEFAULT_FUSION_MB", "is_distributed"]
@@ -169,13 +168,9 @@ class _ApplyExchange(_DistributedOptimizerBase):
 
 
 def _refuse_xla():
-    graph = tf.compat.v1.get_default_graph()
-    if not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph):
-        raise RuntimeError(
-            "hvdkit DistributedOptimizer cannot run inside an XLA-compiled function (jit_compile=True): its "
-            "gradient exchange calls Horovod through tf.py_function, which XLA cannot compile. Compile the model "
-            "with jit_compile=False (model.compile does this by itself for this optimizer unless jit_compile "
-            "was set on the model afterwards), or apply the gradients outside tf.function(jit_compile=True).")
+    refuse_xla("hvdkit DistributedOptimizer", "Compile the model with jit_compile=False (model.compile does this "
+               "by itself for this optimizer unless jit_compile was set on the model afterwards), or apply the "
+               "gradients outside tf.function(jit_compile=True).")
 
 
 def is_distributed(optimizer):

@@ -1,13 +1,13 @@
 """Shared pieces of the TensorFlow front-end tests: a small Keras model with fixed weights, per-rank data any
-rank can recompute, and a single-process simulation (hvdkit.simulate with TFOps) of the same exchange."""
+rank can recompute, and a single-process simulation (hvdkit.exchange.simulate with TFOps) of the same exchange."""
 import numpy as np
 import tensorflow as tf
 
 import keras
-from hvdkit.reducer import Reducer
-from hvdkit.simulate import SimulatedWorld
-from hvdkit.tensorflow.backend import TFOps
-from hvdkit.tensorflow.compression import resolve
+from hvdkit.exchange.reducer import Reducer
+from hvdkit.exchange.simulate import SimulatedWorld
+from hvdkit.compression.tf_ops import TFOps
+from hvdkit.compression.horovod_names import resolve
 from hvdkit.tensorflow.variables import tensor_infos
 
 FUSION_MB = 0.004  # ~4 KiB: two buckets of each kind for the small model below

@@ -1,11 +1,11 @@
-"""hvdkit.collectives driven through horovod.tensorflow: the same functions the
+"""hvdkit.exchange.collectives driven through horovod.tensorflow: the same functions the
 torch tests check, on TF eager tensors (Horovod's TF ops have no async form)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import rank_tensor_values
-from hvdkit import collectives
+from hvdkit.exchange import collectives
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,7 +2,7 @@
 
 Each rank trains the same Keras model on its own data with
 DistributedGradientTape, and also simulates all ranks in memory
-(hvdkit.simulate with TFOps) with the same bucket plan, states and strategy;
+(hvdkit.exchange.simulate with TFOps) with the same bucket plan, states and strategy;
 weights must agree after every step, and be identical on every rank.
 """
 import numpy as np

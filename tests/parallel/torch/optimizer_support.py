@@ -2,11 +2,11 @@
 recompute, and a single-process simulation of the same training run."""
 import torch
 
-from hvdkit.fusion import TensorInfo
-from hvdkit.reducer import Reducer
-from hvdkit.torch.backend import TorchOps
-from hvdkit.torch.compression import resolve
-from hvdkit.torch.simulate import SimulatedWorld
+from hvdkit.exchange.buckets import TensorInfo
+from hvdkit.exchange.reducer import Reducer
+from hvdkit.compression.torch_ops import TorchOps
+from hvdkit.compression.horovod_names import resolve
+from hvdkit.exchange.simulate import SimulatedWorld
 
 FUSION_MB = 0.002  # ~2 KiB: several buckets for the small model below
 LR = 0.05
@@ -48,7 +48,7 @@ def assert_same_on_every_rank(hvd, tensors):
 
 
 def simulate(size, ranks_per_node, spec, hierarchical, steps, fusion_mb=FUSION_MB):
-    """The same training run with ``size`` ranks simulated in this process (hvdkit.torch.simulate):
+    """The same training run with ``size`` ranks simulated in this process (hvdkit.exchange.simulate):
     parameters after every step."""
     model = make_model()
     named = list(model.named_parameters())

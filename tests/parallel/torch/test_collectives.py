@@ -1,11 +1,11 @@
-"""hvdkit.collectives under a real launcher: hierarchical == flat == a local
+"""hvdkit.exchange.collectives under a real launcher: hierarchical == flat == a local
 computation over every rank's (reproducible) inputs."""
 import numpy as np
 import pytest
 import torch
 
 from conftest import rank_tensor_values
-from hvdkit import collectives
+from hvdkit.exchange import collectives
 
 pytestmark = pytest.mark.timeout(120)
 

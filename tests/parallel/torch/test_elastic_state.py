@@ -1,4 +1,4 @@
-"""``hvdkit.elastic.ElasticState`` and ``DistributedOptimizer.world_changed`` on real ranks.
+"""``hvdkit.torch.elastic.ElasticState`` and ``DistributedOptimizer.world_changed`` on real ranks.
 
 A real world change needs ``horovodrun`` in elastic mode (tests/integration/test_elastic.py);
 here the world stays, and what a reset does to the exchange state is checked step by step:
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hvdkit.torch as hvdkit_torch
-from hvdkit import elastic
+from hvdkit.torch import elastic
 from optimizer_support import FUSION_MB, LR, assert_same_on_every_rank, make_model, simulate, train
 
 pytestmark = pytest.mark.timeout(180)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hvdkit.torch as hvdkit_torch
-from hvdkit.consistency import ranks_text
+from hvdkit.exchange.consistency import ranks_text
 from hvdkit.torch import optimizer as optimizer_module
 from optimizer_support import FUSION_MB, LR, batch, loss_of, make_model
 

@@ -2,7 +2,7 @@
 
 Each rank trains the same model on its own data with hvdkit's
 DistributedOptimizer, and also simulates all ranks in memory
-(hvdkit.torch.simulate) with the same bucket plan, states and strategy;
+(hvdkit.exchange.simulate) with the same bucket plan, states and strategy;
 parameters must agree after every step, and be identical on every rank.
 """
 import pytest

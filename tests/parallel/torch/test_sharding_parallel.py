@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hvdkit import sharding
-from hvdkit.sharding_torch import ShardedSampler
+from hvdkit.data import sharding
+from hvdkit.data.torch_sampler import ShardedSampler
 
 pytestmark = pytest.mark.timeout(60)
 

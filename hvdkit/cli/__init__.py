@@ -1,0 +1,1 @@
+"""The ``hvdkit`` command line: ``run``, ``train``, ``bench`` and ``doctor``."""

@@ -1,0 +1,55 @@
+"""``hvdkit`` on the command line: one sub-command per module.
+
+Each sub-command lives in its own module with ``add_arguments(parser)`` and
+``main(args) -> int``; this file only wires them together, so adding a command
+never touches the others.
+"""
+import argparse
+import importlib
+import sys
+
+from hvdkit.errors import UsageError
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "train": ("hvdkit.cli.train", "train a model on N ranks (the main job)"),
+    "run": ("hvdkit.cli.run", "launch a script on N ranks under mpirun or horovodrun"),
+    "bench": ("hvdkit.cli.bench", "run a benchmark from benchmarks/ by name"),
+    "doctor": ("hvdkit.cli.doctor", "report versions and what Horovod and hvdkit were built with"),
+}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags print one line naming the flag (``--help`` has the usage), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser():
+    parser = OneLineErrorParser(prog="hvdkit", description="Data-parallel training on Horovod.")
+    from hvdkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"hvdkit {__version__}")
+    subparsers = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
+    subparsers.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=module.__doc__.strip().splitlines()[0])
+        module.add_arguments(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._module.main(args)
+    except UsageError as err:
+        print(f"hvdkit {args.subcommand}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Train a model on several ranks with hvdkit: the main job.
+
+Outside a launcher, ``hvdkit train -np N ...`` checks every flag, then starts
+itself on N ranks through ``hvdkit run``; inside one (mpirun, horovodrun, or
+that relaunch) each rank trains. With no flags it trains an MLP on the
+bundled digits data on 2 ranks.
+"""
+import os
+import sys
+
+from hvdkit.cli import run as run_command
+from hvdkit.runtime.launcher import inside_launcher, launcher_world_size
+from hvdkit.training import config as train_config
+from hvdkit.training import elastic_loop
+
+
+def add_arguments(parser):
+    train_config.add_arguments(parser)
+    elastic_loop.add_arguments(parser)  # --elastic, --min-np, --max-np, --host-discovery-script, --commit-every
+
+
+# TensorFlow's C++ info and warning logs, which every rank would print (an exported value wins).
+TENSORFLOW_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def relaunch(config):
+    """Start this same command on ``config.np`` ranks and return its exit code."""
+    if config.framework == "tensorflow":
+        for name, value in TENSORFLOW_QUIET.items():
+            os.environ.setdefault(name, value)
+    run_argv = ["-np", str(config.np)]
+    if config.launcher:
+        run_argv.append(f"--{config.launcher}")
+    if config.ranks_per_node:
+        run_argv += ["--ranks-per-node", str(config.ranks_per_node)]
+    run_argv += ["--", sys.executable, "-m", "hvdkit", "train", *train_config.to_argv(config)]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    run_command.add_arguments(parser)
+    return run_command.main(parser.parse_args(run_argv))
+
+
+def main(args):
+    if args.elastic:  # its own launch (horovodrun's elastic mode) and loop
+        return elastic_loop.main(args)
+    config = train_config.from_args(args)
+    if inside_launcher():
+        train_config.check(config, launcher_world_size())
+        return run_worker(config)
+    train_config.check(config, config.np)
+    return relaunch(config)
+
+
+def run_worker(config):
+    if config.framework == "tensorflow":
+        from hvdkit.training import tf_loop
+
+        return tf_loop.train(config)
+    from hvdkit.training import torch_loop
+
+    return torch_loop.train(config)

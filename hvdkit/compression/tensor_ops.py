@@ -1,0 +1,195 @@
+"""The one framework adapter: every tensor operation framework-neutral code uses.
+
+Compression algorithms (on ``self.ops``), the exchange's collectives and
+simulator, and model averaging call only these methods, so one implementation
+per framework (``TorchOps``, ``TFOps``) is all that adapts frameworks.
+Every method is functional: it returns its result, and where a torch
+implementation updates a tensor in place it returns that same tensor; callers
+always keep the returned value (a TensorFlow implementation returns new
+tensors). Flat tensors are 1-D float32 unless a method says otherwise.
+"""
+import abc
+
+__all__ = ["TensorOps", "ops_for"]
+
+_instances = {}  # framework module name -> its TensorOps (one each, made on first use)
+
+
+def ops_for(tensor):
+    """The TensorOps of ``tensor``'s framework; neither framework is imported until a tensor of it
+    is passed in."""
+    module = type(tensor).__module__.split(".")[0]
+    if module not in _instances:
+        if module == "torch":
+            from hvdkit.compression.torch_ops import TorchOps
+
+            _instances[module] = TorchOps()
+        elif module in ("tensorflow", "keras"):
+            from hvdkit.compression.tf_ops import TFOps
+
+            _instances[module] = _instances["tensorflow"] = _instances["keras"] = TFOps()
+        else:
+            raise TypeError(f"expected a torch or TensorFlow tensor, got {type(tensor).__name__}")
+    return _instances[module]
+
+
+class TensorOps(abc.ABC):
+    """Interface; ``hvdkit.compression.torch_ops.TorchOps`` is the torch implementation."""
+
+    # --- creation, shape and bookkeeping -----------------------------------
+    @abc.abstractmethod
+    def zeros(self, n, like):
+        """Float32 zeros of length ``n`` on ``like``'s device."""
+
+    @abc.abstractmethod
+    def randn(self, n, seed, like):
+        """``n`` standard-normal float32 values from ``seed``: equal on every rank for equal seeds."""
+
+    @abc.abstractmethod
+    def numel(self, x):
+        """Number of elements."""
+
+    @abc.abstractmethod
+    def slice(self, x, start, stop):
+        """Elements ``start:stop`` of a flat tensor (a view where the framework has them)."""
+
+    @abc.abstractmethod
+    def matrix(self, x, offset, rows, cols):
+        """Elements ``offset:offset+rows*cols`` of a flat tensor as a ``rows x cols`` matrix."""
+
+    @abc.abstractmethod
+    def flatten(self, x):
+        """``x`` as a 1-D tensor."""
+
+    @abc.abstractmethod
+    def concat(self, parts):
+        """1-D tensors joined end to end."""
+
+    @abc.abstractmethod
+    def shape(self, x):
+        """The shape as a tuple of ints."""
+
+    @abc.abstractmethod
+    def reshape(self, x, shape):
+        """``x`` with a new shape (a view where the framework has them)."""
+
+    @abc.abstractmethod
+    def concat_rows(self, parts):
+        """Tensors joined along their first dimension (allgather's result)."""
+
+    @abc.abstractmethod
+    def to_list(self, x):
+        """The values as (nested) Python lists."""
+
+    @abc.abstractmethod
+    def int64_tensor(self, values, like):
+        """An int64 tensor of ``values`` on ``like``'s device."""
+
+    @abc.abstractmethod
+    def copy(self, x):
+        """A copy the receiver may change in place (immutable tensors are their own copy)."""
+
+    @abc.abstractmethod
+    def write_into(self, target, flat):
+        """``flat`` (same element count) as ``target``'s value: written into ``target`` and returned
+        where the framework allows it (torch); a new tensor shaped like ``target`` otherwise."""
+
+    @abc.abstractmethod
+    def add_ranks(self, a, b):
+        """``a + b`` as Horovod sums two ranks' values (float16 added in float32, as its MPI sum does)."""
+
+    @abc.abstractmethod
+    def parameter_tensors(self, parameters):
+        """The tensors holding model parameters' values (torch: ``.data``; TensorFlow: the variables)."""
+
+    @abc.abstractmethod
+    def assign(self, parameters, values):
+        """Set each parameter to its value in ``values`` (already the parameter itself where
+        ``unpack`` wrote in place)."""
+
+    @abc.abstractmethod
+    def bitcast(self, x, dtype):
+        """The same bytes seen as ``dtype`` (``"int16"``, ``"bfloat16"``, ...): for wire formats."""
+
+    # --- fusion (hvdkit.ops.pack / unpack in torch) ----------------------------
+    @abc.abstractmethod
+    def pack(self, tensors, scale):
+        """Tensors (one dtype) joined into one flat tensor, times ``scale``: (flat, nonfinite: bool)."""
+
+    @abc.abstractmethod
+    def unpack(self, flat, tensors):
+        """Split ``flat`` back into tensors shaped like ``tensors``; returns them (torch: written in place)."""
+
+    # --- arithmetic ---------------------------------------------------------
+    @abc.abstractmethod
+    def add(self, x, y):
+        """``x + y`` as a new tensor."""
+
+    @abc.abstractmethod
+    def sub_(self, x, y):
+        """``x - y``, written into ``x`` where possible."""
+
+    @abc.abstractmethod
+    def scale(self, x, factor):
+        """``x * factor`` as a new tensor."""
+
+    @abc.abstractmethod
+    def neg(self, x):
+        """``-x`` as a new tensor."""
+
+    @abc.abstractmethod
+    def all_finite(self, x):
+        """True when no element is NaN or +-Inf (a Python bool)."""
+
+    @abc.abstractmethod
+    def poison(self, x):
+        """``x`` with its first element set to NaN: marks a payload whose source was not finite."""
+
+    @abc.abstractmethod
+    def sum_chunks(self, x, n, dtype):
+        """A flat tensor of R back-to-back chunks of length ``n`` (seen as ``dtype``) summed in float32."""
+
+    # --- kernels (hvdkit.ops in torch) -----------------------------------------
+    @abc.abstractmethod
+    def cast(self, x, dtype):
+        """``x`` cast to ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``; returns (y, nonfinite: bool)."""
+
+    @abc.abstractmethod
+    def quantize_int8(self, x, block, stochastic, seed):
+        """Blockwise absmax int8: (int8 values, float32 scale per block)."""
+
+    @abc.abstractmethod
+    def dequantize_int8(self, q, scales, block, out=None, accumulate=False):
+        """Dense float32 from int8 values and scales; into ``out`` (added when ``accumulate``)."""
+
+    @abc.abstractmethod
+    def sign_ef(self, x, residual, block):
+        """c = x + residual; (sign bits, scale per block, new residual c - scale*sign(c))."""
+
+    @abc.abstractmethod
+    def sign_decode(self, bits, scales, n, block):
+        """Sum of R ranks' back-to-back sign payloads, decoded to ``n`` float32 values."""
+
+    @abc.abstractmethod
+    def topk_ef(self, x, residual, k, approx):
+        """c = x + residual; (int32 indices, values) of the k largest |c|; new residual (c, zero there).
+
+        ``residual`` may be None: no error feedback, x is compressed alone.
+        """
+
+    @abc.abstractmethod
+    def scatter_add(self, indices, values, out):
+        """``out[indices] += values`` (repeated indices add up); returns ``out``."""
+
+    @abc.abstractmethod
+    def randomk(self, x, k, seed):
+        """(indices, values) of k distinct positions drawn from ``seed`` (same on every rank)."""
+
+    # --- PowerSGD -----------------------------------------------------------
+    @abc.abstractmethod
+    def matmul(self, a, b, transpose_a=False, transpose_b=False):
+        """``op(a) @ op(b)``."""
+
+    @abc.abstractmethod
+    def orthogonalize(self, m):
+        """Orthonormal columns spanning ``m``'s (Gram-Schmidt / QR), as PyTorch's PowerSGD hook does."""

@@ -1,0 +1,184 @@
+"""``TensorOps`` for TensorFlow: hvdkit's kernels (``hvdkit.kernels.tf_ops``) plus a few TF calls.
+
+The compression algorithms in ``hvdkit/compression/`` run unchanged on these;
+the tests compare every algorithm's payloads and results with ``TorchOps``
+on the same inputs. Tensors are eager (the exchange runs eagerly, inside one
+``tf.py_function`` when traced) and immutable, so every method returns new
+tensors where ``TorchOps`` writes in place.
+
+Only ``randn`` draws different numbers than torch does (TensorFlow's
+stateless Philox generator): it must agree across ranks, not across
+frameworks.
+"""
+import tensorflow as tf
+
+from hvdkit.compression.tensor_ops import TensorOps
+from hvdkit.kernels import tf_ops as kernels
+
+__all__ = ["TFOps"]
+
+_DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32, "float64": tf.float64,
+           "int16": tf.int16}
+_NAN_BITS = {tf.int16: 0x7FC0}  # bfloat16 NaN seen as int16 (bf16 payloads travel as int16)
+_EPS = 1e-8  # keeps an all-zero column (vanishing gradient) from dividing by zero
+
+
+class TFOps(TensorOps):
+    def zeros(self, n, like):
+        return tf.zeros([n], tf.float32)
+
+    def randn(self, n, seed, like):
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        pair = tf.constant([seed & 0x7FFFFFFF, seed >> 32], tf.int64)
+        return tf.random.stateless_normal([n], seed=pair, dtype=tf.float32)
+
+    def numel(self, x):
+        return int(x.shape.num_elements())
+
+    def slice(self, x, start, stop):
+        return x[start:stop]
+
+    def matrix(self, x, offset, rows, cols):
+        return tf.reshape(x[offset:offset + rows * cols], [rows, cols])
+
+    def flatten(self, x):
+        return tf.reshape(x, [-1])
+
+    def concat(self, parts):
+        return tf.concat(parts, 0) if len(parts) != 1 else tf.reshape(parts[0], [-1])
+
+    def bitcast(self, x, dtype):
+        return tf.bitcast(x, _DTYPES[dtype])
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+    def reshape(self, x, shape):
+        return tf.reshape(x, shape)
+
+    def concat_rows(self, parts):
+        return tf.concat(parts, axis=0)
+
+    def to_list(self, x):
+        return x.numpy().tolist()
+
+    def int64_tensor(self, values, like):
+        return tf.constant(values, dtype=tf.int64)
+
+    def copy(self, x):
+        return x
+
+    def write_into(self, target, flat):
+        return tf.reshape(flat, target.shape)
+
+    def add_ranks(self, a, b):
+        if a.dtype == tf.float16:
+            return tf.cast(tf.cast(a, tf.float32) + tf.cast(b, tf.float32), a.dtype)
+        return a + b
+
+    def parameter_tensors(self, parameters):
+        return [tf.convert_to_tensor(v) for v in parameters]
+
+    def assign(self, parameters, values):
+        for variable, value in zip(parameters, values):
+            variable.assign(value)
+
+    def pack(self, tensors, scale):
+        # Horovod cannot reduce bfloat16: such buckets travel as float32 (unpack casts back).
+        wire = tf.float32 if tensors[0].dtype == tf.bfloat16 else tensors[0].dtype
+        if all(t.dtype in kernels.FLOAT_DTYPES for t in tensors):
+            flat, nonfinite = kernels.pack(list(tensors), dtype=wire, scale=scale, report_nonfinite=True)
+            return flat, bool(nonfinite)
+        flat = tf.concat([tf.reshape(tf.cast(t, wire), [-1]) for t in tensors], 0) * tf.cast(scale, wire)
+        return flat, not self.all_finite(flat)
+
+    def unpack(self, flat, tensors):
+        if flat.dtype in kernels.FLOAT_DTYPES and all(t.dtype in kernels.FLOAT_DTYPES for t in tensors):
+            return kernels.unpack(flat, list(tensors))
+        out, offset = [], 0
+        for t in tensors:
+            n = self.numel(t)
+            out.append(tf.reshape(tf.cast(flat[offset:offset + n], t.dtype), tf.shape(t)))
+            offset += n
+        return out
+
+    def add(self, x, y):
+        return x + y
+
+    def sub_(self, x, y):
+        return x - y
+
+    def scale(self, x, factor):
+        return x * tf.constant(factor, x.dtype)
+
+    def neg(self, x):
+        return -x
+
+    def all_finite(self, x):
+        if not x.dtype.is_floating or self.numel(x) == 0:
+            return True
+        # One reduction first (NaN and +-Inf reach the sum); every element only when the sum overflowed.
+        if bool(tf.math.is_finite(tf.reduce_sum(tf.cast(x, tf.float32)))):
+            return True
+        return bool(tf.reduce_all(tf.math.is_finite(x)))
+
+    def poison(self, x):
+        if self.numel(x) == 0:
+            return x
+        first = tf.constant([_NAN_BITS.get(x.dtype, float("nan"))], x.dtype)
+        return tf.concat([first, tf.reshape(x, [-1])[1:]], 0)
+
+    def sum_chunks(self, x, n, dtype):
+        if not n:
+            return tf.zeros([0], tf.float32)
+        chunks = tf.cast(tf.reshape(tf.bitcast(x, _DTYPES[dtype]), [-1, n]), tf.float32)
+        total = chunks[0]
+        for r in range(1, chunks.shape[0]):  # rank order, one add at a time: the same rounding as torch
+            total = total + chunks[r]
+        return total
+
+    def cast(self, x, dtype):
+        if dtype in ("float32", "float64"):
+            return tf.cast(x, _DTYPES[dtype]), False
+        y, nonfinite = kernels.cast(x, _DTYPES[dtype])
+        return y, bool(nonfinite)  # finite values beyond the range saturate; only NaN/Inf inputs flag
+
+    def quantize_int8(self, x, block, stochastic, seed):
+        return kernels.quantize_int8(x, block=block, stochastic=stochastic, seed=seed)
+
+    def dequantize_int8(self, q, scales, block, out=None, accumulate=False):
+        return kernels.dequantize_int8(q, scales, block, out=out, accumulate=accumulate)
+
+    def sign_ef(self, x, residual, block):
+        return kernels.sign_ef(x, residual, block=block)
+
+    def sign_decode(self, bits, scales, n, block):
+        return kernels.sign_decode(bits, scales, n, block=block)
+
+    def topk_ef(self, x, residual, k, approx):
+        if residual is None:
+            residual = tf.zeros_like(x)
+        return kernels.topk_ef(x, residual, k, approx=approx)
+
+    def scatter_add(self, indices, values, out):
+        return kernels.scatter_add(indices, values, out)
+
+    def randomk(self, x, k, seed):
+        return kernels.randomk(x, k, seed)
+
+    def matmul(self, a, b, transpose_a=False, transpose_b=False):
+        return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+
+    def orthogonalize(self, m):
+        if m.shape[1] > 2:
+            return tf.linalg.qr(m).q
+        cols = []
+        rest = m
+        for i in range(m.shape[1]):
+            col = rest[:, :1]
+            col = col / (tf.norm(col) + _EPS)
+            rest = rest[:, 1:]
+            if rest.shape[1]:
+                rest = rest - tf.reduce_sum(col * rest, axis=0, keepdims=True) * col
+            cols.append(col)
+        return tf.concat(cols, 1)

@@ -1,0 +1,1 @@
+"""Rank-aware data sharding: the framework-neutral index maths and its torch and tf.data adapters."""

@@ -1,0 +1,54 @@
+"""What the drop-in modules (``hvdkit.torch``, ``hvdkit.tensorflow``, ``hvdkit.tensorflow.keras``) share.
+
+A Horovod script changes one import, so each drop-in must answer every public
+name of its Horovod module: hvdkit's own definitions first, every other name
+Horovod's own object (:func:`export_horovod_names`, run at the end of each
+drop-in's ``__init__``). ``init`` starts Horovod through hvdkit's topology so
+the node process sets exist (:func:`init`).
+"""
+import inspect
+import pkgutil
+
+from hvdkit import topology as _topology
+
+__all__ = ["export_horovod_names", "horovod_public_names", "init"]
+
+
+def _foreign(value):
+    """An import of another library (torch, tf, os, ...) inside a Horovod module, not a Horovod name."""
+    if inspect.ismodule(value):
+        return not value.__name__.startswith("horovod")
+    if inspect.isfunction(value) or inspect.isclass(value) or inspect.isbuiltin(value):
+        return not (getattr(value, "__module__", None) or "").startswith("horovod")
+    return False
+
+
+def horovod_public_names(horovod):
+    """The names of Horovod module ``horovod`` a script may use: public, and Horovod's own."""
+    return {name for name, value in vars(horovod).items()
+            if not name.startswith("_") and not _foreign(value) and name != "is_version_greater_equal_than"}
+
+
+def export_horovod_names(horovod, namespace, excluded=()):
+    """Copy into ``namespace`` (a drop-in's ``globals()``) every public Horovod name it does not define.
+
+    Names of the drop-in's own submodules are left alone (importing ``hvdkit.torch.elastic`` must give
+    hvdkit's module, not Horovod's), and so are ``excluded`` ones (Horovod pieces that do not work on
+    today's frameworks). Returns the names copied.
+    """
+    path = namespace.get("__path__")
+    own_submodules = {info.name for info in pkgutil.iter_modules(path)} if path else set()
+    skipped = set(namespace) | own_submodules | set(excluded)
+    copied = sorted(horovod_public_names(horovod) - skipped)
+    for name in copied:
+        namespace[name] = getattr(horovod, name)
+    return copied
+
+
+def init(horovod, module_name, args, kwargs):
+    """A drop-in's ``init()``: Horovod started through hvdkit's topology (its node process sets and
+    Horovod settings). Horovod's own ``init`` arguments are refused: hvdkit registers the sets itself."""
+    if args or kwargs:
+        raise ValueError(f"{module_name}.init() takes no arguments (hvdkit registers its own process sets); "
+                         f"got {len(args)} positional and {sorted(kwargs)} keyword arguments")
+    return _topology.init(horovod)

@@ -1,0 +1,117 @@
+"""The one async engine: drives exchanges (generators of collective ``Request``s) on a transport.
+
+An exchange (:mod:`hvdkit.exchange.strategies`, :mod:`hvdkit.exchange.collectives`)
+is a generator: it yields the requests of its next stage and is sent their
+outputs, until it returns its result. A ``Flight`` runs one exchange: an
+optimizer starts it when a bucket fills, ``poll()``s it from later gradient
+hooks (so multi-stage exchanges move on during backward, and every flight in
+progress moves on together) and ``wait()``s in ``step()``. A transport starts
+the requests: ``HorovodTransport`` on real ranks
+(:mod:`hvdkit.exchange.simulate` has one for many ranks in one process).
+"""
+import os
+import time
+
+__all__ = ["Flight", "HorovodTransport"]
+
+# Flight.wait: yield-poll this long per stage, then sleep this fraction of the
+# time waited so far, at least _MIN_SLEEP_S (see Flight.wait for why).
+_SPIN_S = 1e-3
+_SLEEP_FRACTION = 0.02
+_MIN_SLEEP_S = 20e-6
+
+
+class HorovodTransport:
+    """Runs Requests through a Horovod module: its ``*_async`` ops where it has them (torch),
+    the blocking ones otherwise (TensorFlow, whose ops have finished when the call returns)."""
+
+    def __init__(self, hvd):
+        self.hvd = hvd
+
+    def start(self, request):
+        hvd = self.hvd
+        kwargs = {"name": request.name, "process_set": request.link.process_set}
+        if request.kind in ("allreduce", "reducescatter"):
+            kwargs["op"] = hvd.Sum
+        if request.scale != 1.0:
+            kwargs["postscale_factor"] = request.scale
+        name = request.kind + ("_async_" if request.inplace else "_async")
+        function = getattr(hvd, name, None) or getattr(hvd, request.kind + "_async", None)
+        if function is None:
+            return _Done(getattr(hvd, request.kind)(request.tensor, **kwargs))
+        return function(request.tensor, **kwargs)
+
+    def done(self, pending):
+        return isinstance(pending, _Done) or self.hvd.poll(pending)
+
+    def result(self, pending):
+        return pending.value if isinstance(pending, _Done) else self.hvd.synchronize(pending)
+
+    def allgather_object(self, obj):
+        return self.hvd.allgather_object(obj)
+
+
+class _Done:
+    """A collective that finished when it was started."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class Flight:
+    """One exchange in progress on a transport."""
+
+    __slots__ = ("_transport", "_gen", "_pending", "_done", "_stages", "result")
+
+    def __init__(self, transport, exchange):
+        self._transport = transport  # starts and resolves the requests
+        self._gen = exchange  # the exchange generator
+        self._pending = None  # what the transport returned for the requests the generator waits on
+        self._done = False
+        self._stages = 0  # stages started so far: wait() restarts its spin when a new one starts
+        self.result = None  # the exchange's result, once done
+        self._send(None)
+
+    def _send(self, outputs):
+        try:
+            requests = self._gen.send(outputs)
+        except StopIteration as stop:
+            self._pending, self._done, self.result = None, True, stop.value
+            return
+        self._pending = [self._transport.start(r) for r in requests]
+        self._stages += 1
+
+    def _stage_done(self):
+        return all(self._transport.done(p) for p in self._pending)
+
+    def poll(self):
+        """Move on as far as possible without blocking; True when finished."""
+        while not self._done and self._stage_done():
+            self._send([self._transport.result(p) for p in self._pending])
+        return self._done
+
+    def wait(self):
+        """Block until finished; return the result.
+
+        For the first millisecond of each stage it polls with ``sched_yield``,
+        like ``hvd.synchronize``, so short collectives see no extra latency.
+        After that it sleeps between polls, each sleep 2 % of the time waited
+        so far (at least 20 us), so completion is noticed at most ~2 % late.
+        A caller that keeps spinning competes for the CPU with Horovod's
+        background thread, which does the work: on the 2-core machine under
+        load from other processes, spinning made 16-64 MiB allreduces 2x
+        slower (benchmarks/README.md, section "allreduce").
+        """
+        started, stage = time.perf_counter(), self._stages
+        while not self.poll():
+            now = time.perf_counter()
+            if self._stages != stage:  # the next stage started
+                started, stage = now, self._stages
+            waited = now - started
+            if waited < _SPIN_S:
+                os.sched_yield()
+            else:
+                time.sleep(max(_MIN_SLEEP_S, _SLEEP_FRACTION * waited))
+        return self.result

@@ -1,0 +1,250 @@
+"""One optimizer's gradient exchange: bucket plan, per-bucket state, launch, wait.
+
+Framework-neutral: the front end (``hvdkit.torch``; later ``hvdkit.tensorflow``)
+tells the Reducer when a bucket's gradients are complete (``launch``), lets it
+advance exchanges from its hooks (``poll``), and collects the reduced buckets
+in ``finish``. The Reducer packs through the framework's ``TensorOps``, picks
+the exchange strategy (``hvdkit.exchange.strategies``), the compressor (dense during warm-up
+and for buckets of small or unsuitable tensors) and the state of each bucket,
+and applies the policy for non-finite results:
+
+* ``"skip"`` (default): every rank sees the same non-finite result (a rank whose
+  own gradients are not finite poisons its payload), warns, and the front end
+  skips the optimizer update;
+* ``"raise"``: ``FloatingPointError`` on every rank, naming the parameters;
+* ``"pass"``: the non-finite gradients are handed on (e.g. to AMP's GradScaler,
+  which skips the step itself).
+
+In every case error-feedback residuals and PowerSGD's factors keep their last
+finite values.
+"""
+import warnings
+
+from hvdkit.compression import registry
+from hvdkit.compression.seeds import mix
+from hvdkit.compression.state import BucketState
+from hvdkit.exchange import consistency, strategies
+from hvdkit.exchange.buckets import plan_buckets
+from hvdkit.exchange.engine import Flight
+from hvdkit.exchange.options import check_nonfinite
+from hvdkit.exchange.stats import StatsMeter
+
+__all__ = ["Reducer", "ReducerView"]
+
+_WHERE = "hvdkit DistributedOptimizer"  # how per-step errors name the optimizer
+STRATEGIES = {"flat": strategies.flat, "sharded": strategies.sharded, "replicated": strategies.replicated}
+
+
+class Reducer:
+    """Exchanges the gradients of a fixed list of tensors, bucket by bucket, every step."""
+
+    __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
+                 "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
+                 "fusion_bytes", "changed")
+
+    def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt"):
+        check_nonfinite(nonfinite)
+        self.infos = list(infos)  # exchange.buckets.TensorInfo per tensor, registration order
+        self.ops = ops  # the framework's TensorOps
+        self.transport = transport  # runs collectives: engine.HorovodTransport, or the simulator's
+        self.links = links  # process sets: world, and intra/cross in hierarchical mode
+        self.compressor = registry.create(spec, ops)  # the algorithm for compressible buckets
+        self.dense = registry.create("none", ops)  # warm-up and buckets of uncompressed tensors
+        self.spec = self.compressor.spec  # the parsed compression Spec
+        self.nonfinite = nonfinite  # policy for non-finite results (see module docstring)
+        self.name = name  # prefix of this optimizer's Horovod op names
+        self.prescale = 1.0 / links.world.size if average else 1.0  # divide before summing
+        self.buckets = plan_buckets(self.infos, fusion_bytes, self._compressible)  # exchange.buckets.Bucket list
+        self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
+        self.steps = 0  # exchanges finished (optimizer steps synchronised)
+        self.states = {}  # (bucket index, strategy name) -> BucketState
+        self.flights = {}  # bucket index -> engine.Flight of the step in progress
+        self.meter = StatsMeter()  # totals of the step in progress
+        self.last_stats = None  # stats.StepStats of the last finished step
+        self._checked = False  # ranks compared their models (first launch)
+        self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
+        self.changed = []  # this rank's tensors that changed shape or dtype since the plan, until finish()
+
+    def _compressible(self, info):
+        return (self.compressor.name != "none" and info.dtype == "float32"
+                and info.numel >= self.spec.options["min_numel"] and self.compressor.accepts(info.shape))
+
+    def settings(self):
+        """What must match on every rank besides the tensors; an error names the first key that differs."""
+        spec = self.spec
+        return {"the optimizer's name (create DistributedOptimizers in the same order on every rank)": self.name,
+                "compression": spec.name if spec.arg is None else f"{spec.name}:{spec.arg!r}",
+                **{f"compression option {key}": value for key, value in sorted(spec.options.items())},
+                "fusion_mb": round(self.fusion_bytes / 2**20, 6), "hierarchical": self.links.intra is not None,
+                "op": "average" if self.prescale != 1.0 else "sum", "buckets": [b.numel for b in self.buckets]}
+
+    def check_ranks(self, where="hvdkit DistributedOptimizer"):
+        """Once, before the first collective: every rank must have the same tensors and settings
+        (``where`` names the caller in the error)."""
+        if not self._checked:
+            description = [(i.name, tuple(i.shape), i.dtype) for i in self.infos]
+            consistency.require_same(description, self.transport.allgather_object, self.settings(), where=where)
+            self._checked = True
+
+    def _route(self, bucket, compressor):
+        """Which strategy carries this bucket: "flat", "sharded" or "replicated" (see hvdkit.exchange.strategies)."""
+        if self.links.intra is None or bucket.numel < self.links.intra.size:
+            return "flat"
+        return "sharded" if compressor.elementwise else "replicated"
+
+    def _state(self, bucket, route):
+        """The BucketState of this bucket on this route, created on first use."""
+        state = self.states.get((bucket.index, route))
+        if state is None:
+            links = self.links
+            if route == "flat":
+                numel, layout, shard = bucket.numel, bucket.layout, 0
+                peers, peer = links.world.size, links.world.position
+            elif route == "sharded":
+                numel = strategies.shares(bucket.numel, links.intra.size)[links.intra.position]
+                layout, peers, peer, shard = (), links.cross.size, links.cross.position, links.intra.position
+            else:
+                numel, layout, shard = bucket.numel, bucket.layout, 0
+                peers, peer = links.cross.size, links.cross.position
+            state = BucketState(numel, layout, peers, peer, seed=mix(bucket.index, shard))
+            self.states[bucket.index, route] = state
+        return state
+
+    def launch(self, bucket_index, tensors):
+        """Pack the bucket's tensors (in the bucket's slot order) and start its exchange."""
+        self.check_ranks()
+        bucket = self.buckets[bucket_index]
+        changes = consistency.tensor_changes(bucket.slots, bucket.dtype, tensors)
+        if changes and self.links.world.size == 1:
+            consistency.require_unchanged(changes, lambda mine: [mine], where=_WHERE)
+        self.meter.bucket(bucket.nbytes)
+        compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
+        if not compressed and self.links.world.size == 1:  # a lone rank's average is its own gradient
+            self.flights[bucket_index] = _Unexchanged(tensors)
+            return
+        if changes:  # send a poisoned bucket of the planned size: no rank waits on a mismatch; finish() names it
+            self.changed += changes
+            flat, nonfinite = self._filler(bucket, tensors[0]), True
+        else:
+            flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
+        compressor = self.compressor if compressed else self.dense
+        route = self._route(bucket, compressor)
+        link = self.links.world if route == "flat" else self.links
+        # This rank's finiteness settles a flat exchange; a hierarchical one checks the node sum, which
+        # carries every local rank's NaN.
+        finite = not nonfinite if route == "flat" else None
+        exchange = STRATEGIES[route](compressor, flat, self._state(bucket, route), link,
+                                     f"hvdkit.{self.name}.b{bucket.index}", self.meter, finite)
+        self.flights[bucket_index] = Flight(self.transport, exchange)
+
+    def launched(self, bucket_index):
+        return bucket_index in self.flights
+
+    def poll(self):
+        """Advance every exchange in flight without blocking."""
+        for flight in self.flights.values():
+            flight.poll()
+
+    def finish(self, targets=None):
+        """Wait for every launched bucket and unpack it: ``targets(bucket_index)`` gives the tensors to
+        unpack into (torch: the ``.grad`` tensors, written in place); without it the flat buckets are
+        returned. Returns ({bucket index: unpacked tensors or flat bucket}, finite), applies the
+        non-finite policy and records this step's StepStats in ``last_stats``."""
+        results, bad = {}, []
+        for index in sorted(self.flights):
+            flight = self.flights[index]
+            if isinstance(flight, _Unexchanged):
+                if not all(self.ops.all_finite(t) for t in flight.tensors):
+                    bad.append(index)
+                results[index] = flight.tensors if targets is not None else self.ops.pack(flight.tensors, 1.0)[0]
+                continue
+            flat = self.meter.timed("wait_s", flight.wait)
+            if not self.ops.all_finite(flat):
+                bad.append(index)
+            results[index] = flat if targets is None or self.changed else self.meter.timed(
+                "pack_s", self.ops.unpack, flat, targets(index))
+        if bad:
+            self._check_unchanged()
+        self.last_stats = self.meter.finish(self.steps, skipped=bool(bad) and self.nonfinite == "skip")
+        self.flights, self.meter = {}, StatsMeter()
+        self.steps += 1
+        if bad:
+            self._nonfinite(bad)
+        return results, not bad
+
+    def _filler(self, bucket, like):
+        """NaN-poisoned zeros in the bucket's wire dtype (its own; bfloat16 travels as float32)."""
+        flat = self.ops.zeros(bucket.numel, like)
+        if bucket.dtype in ("float16", "float64"):
+            flat, _ = self.ops.cast(flat, bucket.dtype)
+        return self.ops.poison(flat)
+
+    def _check_unchanged(self):
+        """Every rank sees the same non-finite buckets; if some rank's tensors changed (and it sent a filler),
+        raise on every rank naming them (hvdkit.exchange.consistency.require_unchanged)."""
+        changed, self.changed = self.changed, []
+        try:
+            consistency.require_unchanged(changed, self.transport.allgather_object, where=_WHERE)
+        except ValueError:
+            self.flights, self.meter = {}, StatsMeter()
+            raise
+
+    def _nonfinite(self, bad):
+        names = [slot.name for index in bad for slot in self.buckets[index].slots]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        message = (f"hvdkit: the averaged gradients of step {self.steps - 1} are not finite (NaN or Inf) "
+                   f"in the buckets holding {shown}")
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message)
+        if self.nonfinite == "skip":
+            warnings.warn(message + "; skipping this optimizer step (error-feedback state kept)",
+                          RuntimeWarning, stacklevel=4)
+
+    def state_dict(self):
+        return {"steps": self.steps, "compression": str(self.spec),
+                "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()}}
+
+    def load_state_dict(self, saved):
+        if saved["compression"] != str(self.spec):
+            raise ValueError(f"checkpoint was saved with compression {saved['compression']!r}, "
+                             f"this optimizer uses {str(self.spec)!r}")
+        self.steps = int(saved["steps"])
+        for key, value in saved["buckets"].items():
+            index, route = key.split(":")
+            if int(index) >= len(self.buckets) or route not in STRATEGIES:
+                raise ValueError(f"checkpoint has compression state for bucket {key!r}; this optimizer has "
+                                 f"{len(self.buckets)} buckets: the model or fusion_mb changed")
+            self._state(self.buckets[int(index)], route).load_dict(value)
+
+
+class ReducerView:
+    """What the front ends (torch optimizer, TF exchange) show of their ``self._reducer``."""
+
+    @property
+    def compression(self):
+        """The parsed compression Spec in use."""
+        return self._reducer.spec
+
+    @property
+    def buckets(self):
+        """The bucket plan (``hvdkit.exchange.buckets.Bucket`` list)."""
+        return self._reducer.buckets
+
+    @property
+    def last_step_stats(self):
+        """``hvdkit.exchange.stats.StepStats`` of the last exchange (None before the first)."""
+        return self._reducer.last_stats
+
+
+class _Unexchanged:
+    """A dense bucket of a world of one rank: nothing to send, so it is neither packed nor unpacked.
+    ``finish`` hands back the launched tensors themselves (which the torch front end launches from, and
+    unpacks into, the same ``.grad`` tensors)."""
+
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def poll(self):
+        return True

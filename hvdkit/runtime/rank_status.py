@@ -1,0 +1,405 @@
+"""Run one rank's command, watch it, and record how it ended.
+
+``horovodrun`` reports a failed job with exit code 1 whatever the rank's own
+code was, and ``mpirun`` reports whichever rank it noticed first, often a
+healthy rank that Horovod's shutdown made fail. ``hvdkit run`` starts each
+rank through this wrapper, which
+
+* records the rank's process ids at start and its exit code and time at the
+  end, so the launcher can name the rank that failed first and check that no
+  process of the job is left;
+* kills the rank if the wrapper dies (even by SIGKILL), so no rank outlives
+  its launcher;
+* notices when the rank is stopped (SIGSTOP, SIGTSTP): a stopped rank blocks
+  every peer in its next collective, and under MPI Horovod's own stall check
+  cannot see it (the coordinator is itself blocked in MPI), so after
+  ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` without a SIGCONT the wrapper kills
+  it, which ends the job;
+* copies the rank's stderr through, picking out Horovod's stall-shutdown
+  report so the launcher can name the stalled rank.
+
+    python -m hvdkit.runtime.rank_status STATUS_DIR -- command ...
+
+The other records (``record_exception``) come from :mod:`hvdkit.runtime.abort` in
+the rank; :func:`culprit` reads them all back for the launcher.
+"""
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+STATUS_DIR_VARIABLE = "HVDKIT_STATUS_DIR"  # set for the rank (hvdkit.runtime.abort writes its note there)
+STDERR_JOIN_SECONDS = 5.0  # how long to wait for the rank's last stderr after it exited
+
+
+def launcher_rank():
+    return os.environ.get("HOROVOD_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
+
+
+def _write(status_dir, name, payload):
+    """Write one JSON record atomically (a reader never sees half a file)."""
+    path = os.path.join(status_dir, name)
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f)
+    os.replace(path + ".tmp", path)
+
+
+def record(status_dir, rank, returncode, stopped=None):
+    """The rank's exit; ``stopped`` describes a stop that made the wrapper kill it."""
+    payload = {"rank": int(rank), "returncode": returncode, "time": time.time()}
+    if stopped:
+        payload["stopped"] = stopped
+    _write(status_dir, f"rank{rank}.json", payload)
+
+
+def record_start(status_dir, rank, pid):
+    """The rank's and this wrapper's pids, with their start times (hvdkit.runtime.job_processes)."""
+    from hvdkit.runtime.job_processes import start_ticks
+
+    _write(status_dir, f"rank{rank}.pids.json",
+           {"rank": int(rank), "pid": pid, "start": start_ticks(pid), "wrapper_pid": os.getpid(),
+            "wrapper_start": start_ticks(os.getpid()), "host": socket.gethostname(), "time": time.time()})
+
+
+def recorded_processes(status_dir):
+    """``{pid: start ticks}`` of every rank and wrapper this host's wrappers recorded."""
+    host = socket.gethostname()
+    known = {}
+    for rec in read_records(status_dir)["pids"]:
+        if rec.get("host") == host:
+            known[rec["pid"]] = rec.get("start")
+            known[rec["wrapper_pid"]] = rec.get("wrapper_start")
+    return known
+
+
+def record_exception(status_dir, rank, type_name, message):
+    _write(status_dir, f"rank{rank}.exception.json",
+           {"rank": int(rank), "type": type_name, "message": message[:500], "time": time.time()})
+
+
+def _stopped_path(status_dir, rank):
+    return os.path.join(status_dir, f"rank{rank}.stopped.json")
+
+
+def record_stall(status_dir, reporter, stalled, shutdown_seconds):
+    """Horovod's stall shutdown as rank ``reporter`` logged it: {rank: [tensor names]}."""
+    _write(status_dir, f"stall{reporter}.json",
+           {"reporter": int(reporter), "stalled": {str(r): names for r, names in stalled.items()},
+            "shutdown_seconds": shutdown_seconds, "time": time.time()})
+
+
+def describe(returncode):
+    if returncode < 0:
+        number = -returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            return f"killed by signal {number}"
+        return f"killed by {name} (signal {number})"
+    return f"exited with code {returncode}"
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def read_records(status_dir):
+    """Every record in ``status_dir``, grouped: exits, pids, exceptions, stopped, stalls."""
+    groups = {"exits": [], "pids": [], "exceptions": [], "stopped": [], "stalls": []}
+    for name in sorted(os.listdir(status_dir)):
+        if not name.endswith(".json"):
+            continue
+        if name.startswith("stall"):
+            kind = "stalls"
+        elif name.endswith(".pids.json"):
+            kind = "pids"
+        elif name.endswith(".exception.json"):
+            kind = "exceptions"
+        elif name.endswith(".stopped.json"):
+            kind = "stopped"
+        elif name.startswith("rank"):
+            kind = "exits"
+        else:
+            continue
+        try:
+            with open(os.path.join(status_dir, name)) as f:
+                groups[kind].append(json.load(f))
+        except (OSError, ValueError):
+            continue  # removed or replaced while listing
+    return groups
+
+
+def first_failure(status_dir):
+    """The exit record of the rank that failed first, or None when none failed.
+
+    Ranks that the launcher terminated (SIGTERM) after that failure come later
+    in time, so the earliest non-zero record names the culprit.
+    """
+    failed = sorted((r for r in read_records(status_dir)["exits"] if r["returncode"] != 0),
+                    key=lambda r: r["time"])
+    return failed[0] if failed else None
+
+
+def _rank_list(ranks):
+    ranks = sorted(ranks)
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(str(r) for r in ranks)
+
+
+def _stall_message(stall):
+    stalled = {int(r): names for r, names in stall["stalled"].items()}
+    missing = "; ".join(f"rank {r} did not join {', '.join(names)}" for r, names in sorted(stalled.items()))
+    return (f"{_rank_list(stalled)} stalled: {missing} for more than {stall['shutdown_seconds']} s "
+            f"while the other ranks waited, and Horovod's stall check ended the job "
+            f"(HOROVOD_STALL_SHUTDOWN_TIME_SECONDS)")
+
+
+def _stop_message(rank, stop):
+    if stop.get("killed_after") is not None:
+        return (f"rank {rank} stalled: stopped by {stop['signal']} and not resumed within "
+                f"{stop['killed_after']:.0f} s (HOROVOD_STALL_SHUTDOWN_TIME_SECONDS); hvdkit killed it")
+    return f"rank {rank} stalled: stopped by {stop['signal']} {time.time() - stop['since']:.0f} s before the job ended"
+
+
+def culprit(status_dir):
+    """``(rank, message)`` naming the rank that ended the job, or None when no rank failed.
+
+    A stalled rank comes first (its peers fail after it, and are not the
+    cause); then the rank whose failure (exit, signal, uncaught exception)
+    came first in time.
+    """
+    groups = read_records(status_dir)
+    if groups["stalls"]:
+        stall = min(groups["stalls"], key=lambda s: s["time"])
+        return min(int(r) for r in stall["stalled"]), _stall_message(stall)
+    stops = [(r["rank"], r["stopped"]) for r in groups["exits"] if r.get("stopped")]
+    stops += [(s["rank"], s) for s in groups["stopped"]]
+    if stops:
+        rank, stop = min(stops, key=lambda item: item[1]["since"])
+        return rank, _stop_message(rank, stop)
+    events = [(r["time"], r["rank"], "exit", r) for r in groups["exits"] if r["returncode"] != 0]
+    events += [(e["time"], e["rank"], "exception", e) for e in groups["exceptions"]]
+    if not events:
+        return None
+    _, rank, kind, event = min(events, key=lambda item: item[0])
+    if kind == "exit":
+        exception = next((e for e in groups["exceptions"] if e["rank"] == rank), None)
+        if exception is None:
+            return rank, f"rank {rank} {describe(event['returncode'])}"
+        event = exception
+    return rank, (f"rank {rank} raised {event['type']}: {event['message']} "
+                  f"(its traceback is above, tagged [hvdkit rank {rank}])")
+
+
+# ---------------------------------------------------------------- the wrapper
+
+
+class StallLogScanner:
+    """Finds Horovod's stall-shutdown report in a rank's stderr, line by line.
+
+    Horovod's coordinator logs (horovod/common/stall_inspector.cc)::
+
+        ... Missing ranks:
+        1!: [allreduce.grad.3]
+        One or more rank (marked by "!") is stalled for longer than 600 seconds. Will shutdown.
+
+    ``feed`` returns ``(stalled, seconds)`` ({rank: [tensor names]} of the
+    ranks marked "!") when a report with a shutdown is complete, else None.
+    """
+
+    RANK_LINE = re.compile(r"^\s*(\d+)(!?): \[(.*)\]\s*$")
+    SHUTDOWN_LINE = re.compile(r"stalled for longer than (\d+) seconds\. Will shutdown")
+
+    def __init__(self):
+        self._ranks = None  # {rank: [names]} while inside a "Missing ranks:" block
+
+    def feed(self, line):
+        if "Missing ranks:" in line:
+            self._ranks = {}
+            return None
+        if self._ranks is None:
+            return None
+        match = self.RANK_LINE.match(line)
+        if match:
+            if match.group(2) == "!":
+                names = [n.strip() for n in match.group(3).split(",") if n.strip() and n.strip() != "..."]
+                self._ranks[int(match.group(1))] = names
+            return None
+        shutdown = self.SHUTDOWN_LINE.search(line)
+        stalled, self._ranks = self._ranks, None
+        if shutdown and stalled:
+            return stalled, int(shutdown.group(1))
+        return None
+
+
+def _copy_stderr(source_fd, on_line):
+    """Copy the rank's stderr to ours as it comes, handing each complete line to ``on_line``."""
+    pending = b""
+    writable = True
+    while True:
+        chunk = os.read(source_fd, 65536)
+        if not chunk:
+            break
+        if writable:
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(2, view):]
+            except OSError:
+                writable = False  # our stderr is gone; keep draining so the rank never blocks
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        pending = pending[-65536:]
+        for line in lines:
+            on_line(line.decode("utf-8", "replace"))
+    os.close(source_fd)
+
+
+def die_with_parent(parent_pid):
+    """In the child: be killed if this wrapper dies (even by SIGKILL), so a
+    launcher that kills the wrapper leaves no orphaned rank behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent_pid:  # the wrapper died before the prctl took effect
+        os._exit(1)
+
+
+def stall_shutdown_seconds(environ):
+    """The stop limit: HOROVOD_STALL_SHUTDOWN_TIME_SECONDS as the rank will see it (0: never)."""
+    from hvdkit.runtime import horovod_env
+
+    text = environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS",
+                       horovod_env.DEFAULTS["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"])
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        return 0  # as Horovod reads it (strtol); hvdkit run refuses such a value before launching
+
+
+class RankWatch:
+    """The child process and what the wrapper saw of it."""
+
+    def __init__(self, command, status_dir, rank, stop_limit):
+        self.status_dir = status_dir  # None where the directory does not exist (a remote host)
+        self.rank = rank
+        self.stop_limit = stop_limit
+        self.stopped = None  # {"signal", "since", "killed_after"} while the child is stopped
+        self.ending_stop = None  # the stop during which the child was killed or terminated
+        self.stop_timer = None
+        self.exited = False
+        env = dict(os.environ)
+        if status_dir:
+            env[STATUS_DIR_VARIABLE] = status_dir
+        parent = os.getpid()
+        self.proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE,
+                                     preexec_fn=lambda: die_with_parent(parent))
+        self.scanner = StallLogScanner()
+        self.copier = threading.Thread(target=_copy_stderr, args=(os.dup(self.proc.stderr.fileno()), self.on_line),
+                                       daemon=True)
+        self.proc.stderr.close()
+        self.copier.start()
+        if status_dir:
+            record_start(status_dir, rank, self.proc.pid)
+
+    def on_line(self, line):
+        found = self.scanner.feed(line)
+        if found and self.status_dir:
+            record_stall(self.status_dir, self.rank, *found)
+
+    def forward(self, signum, _frame):
+        if self.exited:
+            return
+        os.kill(self.proc.pid, signum)
+        if self.stopped:
+            self.ending_stop = self.stopped
+            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
+
+    def on_stop(self, signum):
+        name = signal.Signals(signum).name
+        self.stopped = {"signal": name, "since": time.time(), "killed_after": None}
+        limit = (f"hvdkit kills it (ending the job) if it is not resumed within {self.stop_limit} s "
+                 "(HOROVOD_STALL_SHUTDOWN_TIME_SECONDS)" if self.stop_limit else
+                 "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=0, so hvdkit waits for it")
+        _say(f"hvdkit: rank {self.rank} (pid {self.proc.pid}) was stopped by {name}; its peers wait for it; {limit}")
+        if self.status_dir:
+            _write(self.status_dir, f"rank{self.rank}.stopped.json", dict(self.stopped, rank=int(self.rank)))
+        if self.stop_limit:
+            self.stop_timer = threading.Timer(self.stop_limit, self.kill_stopped, (self.stopped,))
+            self.stop_timer.daemon = True
+            self.stop_timer.start()
+
+    def on_continue(self):
+        if self.stop_timer:
+            self.stop_timer.cancel()
+        self.stopped = None
+        if self.ending_stop is not None:
+            return  # continued by forward() so that it can act on the launcher's SIGTERM
+        if self.status_dir:
+            try:
+                os.remove(_stopped_path(self.status_dir, self.rank))
+            except FileNotFoundError:
+                pass
+        _say(f"hvdkit: rank {self.rank} (pid {self.proc.pid}) was resumed")
+
+    def kill_stopped(self, stop):
+        if self.stopped is not stop or self.exited:
+            return
+        stop["killed_after"] = time.time() - stop["since"]
+        self.ending_stop = stop
+        _say(f"hvdkit: rank {self.rank} (pid {self.proc.pid}) has been stopped for {stop['killed_after']:.0f} s; "
+             "killing it to end the job")
+        os.kill(self.proc.pid, signal.SIGKILL)
+
+    def wait(self):
+        """Wait for the child's exit, handling stops and continues on the way; its return code."""
+        while True:
+            _, status = os.waitpid(self.proc.pid, os.WUNTRACED | os.WCONTINUED)
+            if os.WIFSTOPPED(status):
+                self.on_stop(os.WSTOPSIG(status))
+            elif os.WIFCONTINUED(status):
+                self.on_continue()
+            else:
+                self.exited = True
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                if self.stop_timer:
+                    self.stop_timer.cancel()
+                return self.proc.returncode
+
+
+def _say(message):
+    try:
+        os.write(2, (message + "\n").encode())
+    except OSError:
+        pass
+
+
+def main(argv):
+    if len(argv) < 3 or argv[1] != "--":
+        sys.exit("usage: python -m hvdkit.runtime.rank_status STATUS_DIR -- command ...")
+    status_dir = argv[0] if os.path.isdir(argv[0]) else None
+    rank = launcher_rank()
+    watch = RankWatch(argv[2:], status_dir, rank, stall_shutdown_seconds(os.environ))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, watch.forward)
+    returncode = watch.wait()
+    watch.copier.join(STDERR_JOIN_SECONDS)
+    if status_dir:
+        # An exit unseen by WCONTINUED may still follow a resume; only SIGKILL ends a process
+        # that is still stopped.
+        still_stopped = watch.stopped if returncode == -signal.SIGKILL else None
+        record(status_dir, rank, returncode, watch.ending_stop or still_stopped)
+        try:
+            os.remove(_stopped_path(status_dir, rank))
+        except FileNotFoundError:
+            pass
+    return 128 - returncode if returncode < 0 else returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Training state on disk: atomic, checksummed checkpoints for torch and TensorFlow."""

@@ -1,0 +1,271 @@
+"""The Reducer (buckets, strategies, state, policies) on simulated ranks: one process, real threads.
+
+Collectives are computed in memory by hvdkit.exchange.simulate; the multi-rank
+tests in tests/parallel check that real Horovod ranks produce the same.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+
+from hvdkit.exchange.buckets import TensorInfo
+from hvdkit.exchange.reducer import Reducer
+from hvdkit.compression.torch_ops import TorchOps
+from hvdkit.exchange.simulate import SimulatedWorld
+
+SHAPES = [(64, 32), (64,), (32, 16), (32,), (10, 32), (10,)]
+INFOS = [TensorInfo(f"t{i}", shape, "float32", 4) for i, shape in enumerate(SHAPES)]
+
+
+def grads(rank, step, shapes=SHAPES):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return [torch.randn(shape, generator=g) for shape in shapes]
+
+
+def make(world, rank, spec, hierarchical=False, fusion_bytes=4096, nonfinite="skip", infos=INFOS):
+    return Reducer(infos, spec, TorchOps(), world.transport(rank), world.links(rank, hierarchical),
+                   fusion_bytes=fusion_bytes, average=True, nonfinite=nonfinite, name="t")
+
+
+def run_steps(world, spec, steps=3, hierarchical=False, inject=None, **kwargs):
+    """Per rank: a list per step of (averaged tensors, finite flag, StepStats)."""
+
+    def body(rank):
+        reducer = make(world, rank, spec, hierarchical, **kwargs)
+        out = []
+        for step in range(steps):
+            mine = grads(rank, step)
+            if inject is not None:
+                inject(rank, step, mine)
+            for b in reducer.buckets:
+                reducer.launch(b.index, [mine[s.index] for s in b.slots])
+            results, finite = reducer.finish()
+            averaged = [None] * len(mine)
+            for index, flat in results.items():
+                for slot in reducer.buckets[index].slots:
+                    averaged[slot.index] = flat[slot.offset:slot.offset + slot.numel].view(slot.shape)
+            out.append((averaged, finite, reducer.last_stats, reducer))
+        return out
+
+    return world.run(body)
+
+
+def mean_grads(size, step):
+    per_rank = [grads(r, step) for r in range(size)]
+    return [sum(t[i] for t in per_rank) / size for i in range(len(SHAPES))]
+
+
+@pytest.mark.parametrize("size,per_node,hierarchical", [(1, None, False), (4, None, False), (4, 2, True), (6, 3, True)])
+def test_dense_exchange_averages_like_a_plain_mean(size, per_node, hierarchical):
+    runs = run_steps(SimulatedWorld(size, per_node), "none", hierarchical=hierarchical)
+    for step in range(3):
+        expected = mean_grads(size, step)
+        for rank_run in runs:
+            averaged, finite, _, _ = rank_run[step]
+            assert finite
+            for got, want in zip(averaged, expected):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+SPECS = ["fp16", "bf16", "int8:64", "topk:0.1", "topk:0.1,approx=1", "randomk:0.2", "onebit,block=64", "powersgd:2"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_every_rank_gets_the_same_result_and_it_approximates_the_mean(spec, hierarchical):
+    size = 4
+    runs = run_steps(SimulatedWorld(size, 2), spec, steps=4, hierarchical=hierarchical)
+    for step in range(4):
+        first = runs[0][step][0]
+        for rank_run in runs[1:]:
+            for a, b in zip(first, rank_run[step][0]):
+                assert torch.equal(a, b)
+    # Error feedback: summed over steps, what was applied tracks what was computed.
+    applied = [sum(runs[0][s][0][i] for s in range(4)) for i in range(len(SHAPES))]
+    exact = [sum(mean_grads(size, s)[i] for s in range(4)) for i in range(len(SHAPES))]
+    rel = torch.cat([(a - e).flatten() for a, e in zip(applied, exact)]).norm() / torch.cat(
+        [e.flatten() for e in exact]).norm()
+    assert rel < (0.02 if spec in ("fp16", "bf16") else 1.2), rel
+
+
+def test_hierarchical_sharded_state_covers_this_ranks_share_only():
+    runs = run_steps(SimulatedWorld(4, 2), "topk:0.1", steps=1, hierarchical=True)
+    reducer = runs[1][0][3]
+    for (index, route), state in reducer.states.items():
+        assert route == "sharded"
+        numel = reducer.buckets[index].numel
+        assert state.numel == numel // 2 and state.peers == 2  # local rank 1: Horovod gives any extra to rank 0
+
+
+def test_powersgd_runs_the_same_exchange_on_every_local_rank_in_hierarchical_mode():
+    runs = run_steps(SimulatedWorld(4, 2), "powersgd:1", steps=2, hierarchical=True)
+    states = [{key: s for key, s in run[0][3].states.items() if key[1] == "replicated"} for run in runs]
+    assert states[0] and all(set(s) == set(states[0]) for s in states)
+    for key, state in states[0].items():
+        for other in states[1:]:
+            assert torch.equal(other[key].memory, state.memory)  # Q identical on every rank
+
+
+@pytest.mark.parametrize("spec", ["none"] + SPECS)
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_every_rank_starts_the_same_number_of_collectives(spec, hierarchical):
+    """Horovod names unnamed ops by a per-process counter: unequal counts would hang user code."""
+    world = SimulatedWorld(4, 2)
+    transports = []
+
+    def body(rank):
+        transport = world.transport(rank)
+        transports.append(transport)
+        reducer = Reducer(INFOS, spec, TorchOps(), transport, world.links(rank, hierarchical), fusion_bytes=4096,
+                          average=True, name="t")
+        mine = grads(rank, 0)
+        for b in reducer.buckets:
+            reducer.launch(b.index, [mine[s.index] for s in b.slots])
+        reducer.finish()
+
+    world.run(body)
+    assert len({t.started for t in transports}) == 1 and transports[0].started > 0
+
+
+def test_warmup_exchanges_dense_then_compresses():
+    runs = run_steps(SimulatedWorld(2), "topk:0.05,warmup=2", steps=3)
+    stats = [runs[0][s][2] for s in range(3)]
+    assert [s.compressed_bytes for s in stats[:2]] == [0, 0]
+    assert stats[2].compressed_bytes > 0
+    expected = mean_grads(2, 1)
+    for got, want in zip(runs[0][1][0], expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_min_numel_keeps_small_tensors_dense():
+    runs = run_steps(SimulatedWorld(2), "topk:0.05,min_numel=100", steps=1)
+    reducer = runs[0][0][3]
+    dense = {s.name for b in reducer.buckets if not b.compressed for s in b.slots}
+    assert dense == {"t1", "t3", "t5"}  # the 64-, 32- and 10-element biases
+
+
+def test_stats_count_exactly_what_was_handed_to_the_collectives():
+    size = 4
+    runs = run_steps(SimulatedWorld(size), "topk:0.05,min_numel=100", steps=1)
+    stats, reducer = runs[0][0][2], runs[0][0][3]
+    payload = sum(8 * math.ceil(0.05 * b.numel) if b.compressed else b.nbytes for b in reducer.buckets)
+    compressed_dense = sum(b.nbytes for b in reducer.buckets if b.compressed)
+    assert stats.buckets == len(reducer.buckets)
+    assert stats.dense_bytes == sum(4 * math.prod(s) for s in SHAPES)
+    assert stats.bytes_sent == payload
+    assert stats.compressed_dense_bytes == compressed_dense
+    assert stats.compression_ratio == pytest.approx(compressed_dense / sum(
+        8 * math.ceil(0.05 * b.numel) for b in reducer.buckets if b.compressed))
+    gathered = sum(8 * math.ceil(0.05 * b.numel) for b in reducer.buckets if b.compressed)
+    assert stats.wire_bytes == (size - 1) * gathered + round(2 * (size - 1) / size * (payload - gathered))
+    assert stats.kernel_ms > 0 and not stats.skipped
+
+
+def nan_on_rank(bad_rank, bad_step, index=2):
+    def inject(rank, step, tensors):
+        if rank == bad_rank and step == bad_step:
+            tensors[index][0, 0] = float("nan")
+    return inject
+
+
+@pytest.mark.parametrize("spec", ["none", "fp16,ef=1", "int8:64,ef=1", "topk:0.1", "randomk:0.2", "onebit",
+                                  "powersgd:2"])
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_one_ranks_nan_makes_every_rank_skip_and_leaves_residuals_clean(spec, hierarchical):
+    world = SimulatedWorld(4, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = run_steps(world, spec, steps=3, hierarchical=hierarchical, inject=nan_on_rank(3, 1))
+    assert any("not finite" in str(w.message) and "t2" in str(w.message) for w in caught)
+    for rank_run in runs:
+        assert [finite for _, finite, _, _ in rank_run] == [True, False, True]
+        assert rank_run[1][2].skipped
+        for state in rank_run[2][3].states.values():
+            for tensor in (state.residual, state.memory):
+                assert tensor is None or bool(torch.isfinite(tensor).all())
+    for rank_run in runs[1:]:  # after the bad step, ranks still agree
+        for a, b in zip(runs[0][2][0], rank_run[2][0]):
+            assert torch.equal(a, b)
+
+
+def test_raise_policy_raises_on_every_rank():
+    world = SimulatedWorld(2)
+
+    def body(rank):
+        reducer = make(world, rank, "topk:0.1", nonfinite="raise")
+        mine = grads(rank, 0)
+        if rank == 0:
+            mine[0][1, 1] = float("inf")
+        for b in reducer.buckets:
+            reducer.launch(b.index, [mine[s.index] for s in b.slots])
+        with pytest.raises(FloatingPointError, match="not finite.*t0"):
+            reducer.finish()
+        return True
+
+    assert world.run(body) == [True, True]
+
+
+def test_ranks_with_different_tensors_fail_together_naming_the_tensor():
+    world = SimulatedWorld(3)
+
+    def body(rank):
+        infos = list(INFOS)
+        if rank == 2:
+            infos[2] = TensorInfo("t2", (32, 17), "float32", 4)
+        reducer = make(world, rank, "none", infos=infos)
+        with pytest.raises(ValueError) as info:
+            reducer.check_ranks()
+        return str(info.value)
+
+    messages = world.run(body)
+    assert len(set(messages)) == 1
+    assert ("parameter 't2' has shape (32, 16), dtype float32 on ranks 0, 1 but shape (32, 17), dtype float32 "
+            "on rank 2") in messages[0]
+
+
+def test_ranks_with_different_compression_fail_together():
+    world = SimulatedWorld(2)
+
+    def body(rank):
+        reducer = make(world, rank, "topk:0.1" if rank else "topk:0.2")
+        with pytest.raises(ValueError, match="settings differ"):
+            reducer.check_ranks()
+        return True
+
+    assert world.run(body) == [True, True]
+
+
+def test_state_dict_round_trip_continues_identically():
+    world = SimulatedWorld(2)
+
+    def body(rank):
+        a = make(world, rank, "powersgd:2")
+        b = make(world, rank, "powersgd:2")
+        for step in range(2):
+            mine = grads(rank, step)
+            for bucket in a.buckets:
+                a.launch(bucket.index, [mine[s.index] for s in bucket.slots])
+            a.finish()
+        b.load_state_dict(a.state_dict())
+        outputs = []
+        for r in (a, b):
+            mine = grads(rank, 5)
+            for bucket in r.buckets:
+                r.launch(bucket.index, [mine[s.index] for s in bucket.slots])
+            outputs.append(r.finish()[0])
+        return all(torch.equal(outputs[0][i], outputs[1][i]) for i in outputs[0])
+
+    assert world.run(body) == [True, True]
+
+
+def test_state_dict_from_another_compression_is_refused():
+    world = SimulatedWorld(1)
+    a, b = make(world, 0, "topk:0.1"), make(world, 0, "topk:0.2")
+    with pytest.raises(ValueError, match="saved with compression 'topk:0.1"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_bad_nonfinite_policy_is_rejected():
+    with pytest.raises(ValueError, match="nonfinite must be one of 'skip', 'raise', 'pass', got 'ignore'"):
+        make(SimulatedWorld(1), 0, "none", nonfinite="ignore")
