@@ -40,24 +40,20 @@ def _integer(text):
         raise ValueError("expected an integer") from None
 
 
-def positive_int(text):
-    value = _integer(text)
-    if value < 1:
-        raise ValueError("expected an integer >= 1")
-    return value
+def _integer_at_least(minimum):
+    """A parser of integers >= ``minimum`` (with the ``describe`` text the error messages use)."""
+    def parse_integer(text):
+        value = _integer(text)
+        if value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}")
+        return value
+
+    parse_integer.describe = f"an integer >= {minimum}"
+    return parse_integer
 
 
-positive_int.describe = "an integer >= 1"
-
-
-def non_negative_int(text):
-    value = _integer(text)
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
-    return value
-
-
-non_negative_int.describe = "an integer >= 0"
+positive_int = _integer_at_least(1)
+non_negative_int = _integer_at_least(0)
 
 
 def block_size(text):

@@ -34,7 +34,10 @@ def ops_for(tensor):
 
 
 class TensorOps(abc.ABC):
-    """Interface; ``hvdkit.compression.torch_ops.TorchOps`` is the torch implementation."""
+    """Interface; ``TorchOps`` and ``TFOps`` implement it. Kernel calls whose arguments and results are the
+    same in both frameworks are made here, through the framework's kernel module."""
+
+    kernels = None  # hvdkit.kernels.torch_ops or tf_ops: the same ops with the same arguments
 
     # --- creation, shape and bookkeeping -----------------------------------
     @abc.abstractmethod
@@ -154,21 +157,21 @@ class TensorOps(abc.ABC):
     def cast(self, x, dtype):
         """``x`` cast to ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``; returns (y, nonfinite: bool)."""
 
-    @abc.abstractmethod
     def quantize_int8(self, x, block, stochastic, seed):
         """Blockwise absmax int8: (int8 values, float32 scale per block)."""
+        return self.kernels.quantize_int8(x, block=block, stochastic=stochastic, seed=seed)
 
-    @abc.abstractmethod
     def dequantize_int8(self, q, scales, block, out=None, accumulate=False):
         """Dense float32 from int8 values and scales; into ``out`` (added when ``accumulate``)."""
+        return self.kernels.dequantize_int8(q, scales, block, out=out, accumulate=accumulate)
 
     @abc.abstractmethod
     def sign_ef(self, x, residual, block):
         """c = x + residual; (sign bits, scale per block, new residual c - scale*sign(c))."""
 
-    @abc.abstractmethod
     def sign_decode(self, bits, scales, n, block):
         """Sum of R ranks' back-to-back sign payloads, decoded to ``n`` float32 values."""
+        return self.kernels.sign_decode(bits, scales, n, block=block)
 
     @abc.abstractmethod
     def topk_ef(self, x, residual, k, approx):
@@ -181,9 +184,9 @@ class TensorOps(abc.ABC):
     def scatter_add(self, indices, values, out):
         """``out[indices] += values`` (repeated indices add up); returns ``out``."""
 
-    @abc.abstractmethod
     def randomk(self, x, k, seed):
         """(indices, values) of k distinct positions drawn from ``seed`` (same on every rank)."""
+        return self.kernels.randomk(x, k, seed)
 
     # --- PowerSGD -----------------------------------------------------------
     @abc.abstractmethod

@@ -24,6 +24,8 @@ _EPS = 1e-8  # keeps an all-zero column (vanishing gradient) from dividing by ze
 
 
 class TFOps(TensorOps):
+    kernels = kernels
+
     def zeros(self, n, like):
         return tf.zeros([n], tf.float32)
 
@@ -143,17 +145,8 @@ class TFOps(TensorOps):
         y, nonfinite = kernels.cast(x, _DTYPES[dtype])
         return y, bool(nonfinite)  # finite values beyond the range saturate; only NaN/Inf inputs flag
 
-    def quantize_int8(self, x, block, stochastic, seed):
-        return kernels.quantize_int8(x, block=block, stochastic=stochastic, seed=seed)
-
-    def dequantize_int8(self, q, scales, block, out=None, accumulate=False):
-        return kernels.dequantize_int8(q, scales, block, out=out, accumulate=accumulate)
-
     def sign_ef(self, x, residual, block):
         return kernels.sign_ef(x, residual, block=block)
-
-    def sign_decode(self, bits, scales, n, block):
-        return kernels.sign_decode(bits, scales, n, block=block)
 
     def topk_ef(self, x, residual, k, approx):
         if residual is None:
@@ -162,9 +155,6 @@ class TFOps(TensorOps):
 
     def scatter_add(self, indices, values, out):
         return kernels.scatter_add(indices, values, out)
-
-    def randomk(self, x, k, seed):
-        return kernels.randomk(x, k, seed)
 
     def matmul(self, a, b, transpose_a=False, transpose_b=False):
         return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)

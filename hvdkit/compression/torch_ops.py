@@ -12,6 +12,8 @@ _NAN_BITS = {torch.int16: 0x7FC0}  # bfloat16 NaN seen as int16 (bf16 payloads t
 
 
 class TorchOps(TensorOps):
+    kernels = kernels
+
     def zeros(self, n, like):
         return torch.zeros(n, dtype=torch.float32, device=like.device)
 
@@ -127,18 +129,9 @@ class TorchOps(TensorOps):
         y, nonfinite = kernels.cast(x, _DTYPES[dtype])
         return y, bool(nonfinite)  # finite values beyond the range saturate; only NaN/Inf inputs flag
 
-    def quantize_int8(self, x, block, stochastic, seed):
-        return kernels.quantize_int8(x, block=block, stochastic=stochastic, seed=seed)
-
-    def dequantize_int8(self, q, scales, block, out=None, accumulate=False):
-        return kernels.dequantize_int8(q, scales, block, out=out, accumulate=accumulate)
-
     def sign_ef(self, x, residual, block):
         bits, scales = kernels.sign_ef(x, residual, block=block)
         return bits, scales, residual
-
-    def sign_decode(self, bits, scales, n, block):
-        return kernels.sign_decode(bits, scales, n, block=block)
 
     def topk_ef(self, x, residual, k, approx):
         if residual is None:
@@ -149,9 +142,6 @@ class TorchOps(TensorOps):
     def scatter_add(self, indices, values, out):
         kernels.scatter_add(indices, values, out)
         return out
-
-    def randomk(self, x, k, seed):
-        return kernels.randomk(x, k, seed)
 
     def matmul(self, a, b, transpose_a=False, transpose_b=False):
         return (a.t() if transpose_a else a) @ (b.t() if transpose_b else b)

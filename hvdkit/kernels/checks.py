@@ -4,6 +4,10 @@ wrappers so that both accept the same arguments and word errors the same way.
 Each check raises ``TypeError`` or ``ValueError`` naming the argument."""
 import math
 
+# The public names of both kernel wrappers (hvdkit.kernels.torch_ops and tf_ops): same ops, same arguments.
+PUBLIC_NAMES = ["DEFAULT_BLOCK", "backends", "set_cpu_isa", "pack", "unpack", "cast", "quantize_int8",
+                "dequantize_int8", "sign_ef", "sign_decode", "topk_ef", "topk_approx_floor", "scatter_add", "randomk"]
+
 DEFAULT_BLOCK = 1024
 # Indices are int32 on the wire.
 MAX_ELEMENTS = 2**31 - 1

@@ -40,24 +40,10 @@ import importlib.util
 
 import tensorflow as tf
 
-from hvdkit.kernels.checks import DEFAULT_BLOCK, MAX_ELEMENTS, check_block, check_bool, check_int, check_scale, run_or_explain, seed64, topk_approx_floor
+from hvdkit.kernels.checks import (DEFAULT_BLOCK, MAX_ELEMENTS, PUBLIC_NAMES, check_block, check_bool, check_int,
+                                   check_scale, run_or_explain, seed64, topk_approx_floor)
 
-__all__ = [
-    "DEFAULT_BLOCK",
-    "backends",
-    "set_cpu_isa",
-    "pack",
-    "unpack",
-    "cast",
-    "quantize_int8",
-    "dequantize_int8",
-    "sign_ef",
-    "sign_decode",
-    "topk_ef",
-    "topk_approx_floor",
-    "scatter_add",
-    "randomk",
-]
+__all__ = list(PUBLIC_NAMES)
 
 FLOAT_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 

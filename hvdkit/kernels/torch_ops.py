@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from hvdkit.kernels.checks import DEFAULT_BLOCK, MAX_ELEMENTS, topk_approx_floor
+from hvdkit.kernels.checks import DEFAULT_BLOCK, MAX_ELEMENTS, PUBLIC_NAMES, topk_approx_floor
 from hvdkit.kernels.checks import check_block as _check_block
 from hvdkit.kernels.checks import check_bool as _check_bool
 from hvdkit.kernels.checks import check_int as _check_int
@@ -42,22 +42,7 @@ except Exception as exc:  # ImportError, or OSError for a stale build against an
 else:
     _LOAD_ERROR = None
 
-__all__ = [
-    "DEFAULT_BLOCK",
-    "backends",
-    "set_cpu_isa",
-    "pack",
-    "unpack",
-    "cast",
-    "quantize_int8",
-    "dequantize_int8",
-    "sign_ef",
-    "sign_decode",
-    "topk_ef",
-    "topk_approx_floor",
-    "scatter_add",
-    "randomk",
-]
+__all__ = list(PUBLIC_NAMES)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
