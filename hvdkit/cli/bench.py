@@ -10,7 +10,8 @@ import sys
 
 from hvdkit.errors import UsageError
 
-BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hvdkit/cli/bench.py
+BENCHMARKS_DIR = os.path.join(REPO, "benchmarks")
 
 
 def available():
