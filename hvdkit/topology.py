@@ -242,11 +242,13 @@ def init(hvd):
                     f"hvdkit.topology.init: already initialised with {_framework.__name__}; "
                     f"one Horovod framework per process (got {getattr(hvd, '__name__', hvd)!r})")
             return _current
+        abort_on_exception = abort.wanted()  # a bad HVDKIT_ABORT_ON_EXCEPTION stops here, before MPI starts
         already = hvd.is_initialized()
         if not already:
             horovod_env.apply_defaults()  # before discover(): MPI reads its settings when it starts
         rank, nodes, emulated, launcher = discover()
-        abort.install(rank, launcher)  # from here an uncaught exception ends the job, not just this rank
+        if abort_on_exception:
+            abort.install(rank, launcher)  # from here an uncaught exception ends the job, not just this rank
         wanted = process_set_ranks(nodes)
         if already:
             if wanted:

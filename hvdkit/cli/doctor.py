@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 
+from hvdkit.runtime import tf_log
+
 
 def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -168,7 +170,8 @@ def collect():
 
 
 def main(args):
-    report = collect()
+    with tf_log.filtered_stderr():  # the checks import TensorFlow, here and in Horovod's forked probes
+        report = collect()
     if args.json:
         print(json.dumps({"report": report.rows, "problems": report.problems}, indent=2))
     else:

@@ -2,13 +2,16 @@
 
 Each sub-command lives in its own module with ``add_arguments(parser)`` and
 ``main(args) -> int``; this file only wires them together, so adding a command
-never touches the others.
+never touches the others. Before any of them is imported it sets hvdkit's
+default ``TF_CPP_MIN_LOG_LEVEL`` (:mod:`hvdkit.runtime.tf_log`), so neither
+this process nor the ranks it starts print TensorFlow's start-up logs.
 """
 import argparse
 import importlib
 import sys
 
 from hvdkit.errors import UsageError
+from hvdkit.runtime import tf_log
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -42,6 +45,7 @@ def build_parser():
 
 
 def main(argv=None):
+    tf_log.apply_default()  # before a sub-command imports TensorFlow; the user's own value wins
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -5,7 +5,6 @@ itself on N ranks through ``hvdkit run``; inside one (mpirun, horovodrun, or
 that relaunch) each rank trains. With no flags it trains an MLP on the
 bundled digits data on 2 ranks.
 """
-import os
 import sys
 
 from hvdkit.cli import run as run_command
@@ -19,15 +18,9 @@ def add_arguments(parser):
     elastic_loop.add_arguments(parser)  # --elastic, --min-np, --max-np, --host-discovery-script, --commit-every
 
 
-# TensorFlow's C++ info and warning logs, which every rank would print (an exported value wins).
-TENSORFLOW_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
 def relaunch(config):
-    """Start this same command on ``config.np`` ranks and return its exit code."""
-    if config.framework == "tensorflow":
-        for name, value in TENSORFLOW_QUIET.items():
-            os.environ.setdefault(name, value)
+    """Start this same command on ``config.np`` ranks and return its exit code (the ranks inherit
+    the command line's TF_CPP_MIN_LOG_LEVEL: hvdkit.runtime.tf_log)."""
     run_argv = ["-np", str(config.np)]
     if config.launcher:
         run_argv.append(f"--{config.launcher}")

@@ -10,6 +10,9 @@ HorovodInternalError gets one line, so the cause stands out), flushes, notes
 the exception for ``hvdkit run`` (which names the rank), then aborts MPI
 (``MPI_Abort`` makes mpirun kill every rank) or, under Gloo, exits at once
 without clean-up (the peers' connections break, and horovodrun stops them).
+
+``HVDKIT_ABORT_ON_EXCEPTION=0`` keeps Python's own hook (for a program that
+installs its own, or wants its atexit handlers to run); ``1`` is the default.
 """
 import os
 import sys
@@ -17,9 +20,10 @@ import threading
 import time
 import traceback
 
+from hvdkit.runtime import env_check
 from hvdkit.runtime import rank_status
 
-__all__ = ["install", "installed", "tagged_traceback", "secondary_note", "exit_code_for"]
+__all__ = ["install", "installed", "wanted", "tagged_traceback", "secondary_note", "exit_code_for"]
 
 # If MPI_Abort has not ended this process after this long, exit anyway.
 ABORT_GRACE_SECONDS = 10.0
@@ -121,6 +125,13 @@ def _hook(exc_type, exc, tb):
         _note_for_launcher(rank, exc_type, exc)
     finally:
         abort(exit_code_for(exc_type), launcher)
+
+
+def wanted(environ=None):
+    """Whether ``hvdkit.topology.init`` installs the hook: ``HVDKIT_ABORT_ON_EXCEPTION`` unset or
+    ``1``; ``0`` turns it off. Any other value is a ValueError naming it and the valid values, so a
+    typo never silently changes how a failing job ends."""
+    return env_check.value(env_check.ABORT_ON_EXCEPTION, environ) != "0"
 
 
 def install(rank, launcher):

@@ -21,9 +21,11 @@ import os
 from hvdkit.runtime import horovod_env
 from hvdkit.errors import UsageError
 
-__all__ = ["RULES", "validate"]
+__all__ = ["RULES", "validate", "value"]
 
 RANKS_PER_NODE = "HVDKIT_RANKS_PER_NODE"
+ABORT_ON_EXCEPTION = "HVDKIT_ABORT_ON_EXCEPTION"  # read by hvdkit.runtime.abort
+TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"  # hvdkit.runtime.tf_log sets a default
 CPU_ISAS = ("avx512", "avx2", "scalar")  # csrc/cpu/isa: the kernel tables a build may contain
 
 
@@ -50,15 +52,16 @@ def _rule(parse, valid, accept=lambda value: True):
     return check
 
 
-def _choice(*choices, exact_case=False):
-    """One of ``choices``; in any letter case unless ``exact_case`` (the reader compares bytes)."""
+def _choice(*choices, exact_case=False, valid=None):
+    """One of ``choices``; in any letter case unless ``exact_case`` (the reader compares bytes).
+    ``valid`` says what they mean, where "one of ..." would not."""
     def pick(text):
         key = text if exact_case else text.lower()
         if key not in choices:
             raise ValueError
         return key
 
-    return _rule(pick, "one of " + ", ".join(choices))
+    return _rule(pick, valid or "one of " + ", ".join(choices))
 
 
 _MCA_BOOL = ("0", "1", "true", "false", "yes", "no", "enabled", "disabled")  # Open MPI's boolean spellings
@@ -79,11 +82,29 @@ RULES = {
     # hvdkit's own
     RANKS_PER_NODE: _rule(int, "a positive integer that divides the number of ranks", lambda v: v >= 1),
     "HVDKIT_CPU_ISA": _choice(*CPU_ISAS, exact_case=True),
+    ABORT_ON_EXCEPTION: _choice("1", "0", valid="1 (the default: an uncaught exception on a rank aborts the job) "
+                                                "or 0 (leave it to Python and Horovod)"),
+    # TensorFlow (tsl/platform/default/logging.cc reads it with istringstream: a typo silently means 0)
+    TF_LOG_LEVEL: _rule(int, "an integer >= 0 (0: all of TensorFlow's C++ logs, 1: no INFO, 2: no WARNING, "
+                             "3: no ERROR)", lambda v: v >= 0),
 }
 
 
 def _bad(name, text, valid, source=""):
     return UsageError(f"{name}={text!r}{source}: expected {valid}")
+
+
+def value(name, environ=None):
+    """The parsed value of ``name`` (one of ``RULES``) in ``environ`` (default ``os.environ``), or
+    None when it is unset; a UsageError (a ValueError) naming a bad value and what is valid."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(name)
+    if text is None:
+        return None
+    try:
+        return RULES[name](text)
+    except ValueError as err:
+        raise _bad(name, text, err) from None
 
 
 def validate(environ=None, world_size=None):
@@ -93,14 +114,11 @@ def validate(environ=None, world_size=None):
     An empty ``HVDKIT_RANKS_PER_NODE`` means unset, as in ``hvdkit.topology``."""
     environ = os.environ if environ is None else environ
     values = {}
-    for name, parse in RULES.items():
+    for name in RULES:
         text = environ.get(name)
         if text is None or (name == RANKS_PER_NODE and not text.strip()):
             continue
-        try:
-            values[name] = parse(text)
-        except ValueError as err:
-            raise _bad(name, text, err) from None
+        values[name] = value(name, environ)
     k = values.get(RANKS_PER_NODE)
     if k is not None and world_size is not None and world_size % k:
         divisors = ", ".join(str(d) for d in range(1, world_size + 1) if world_size % d == 0)

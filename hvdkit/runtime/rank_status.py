@@ -16,7 +16,9 @@ rank through this wrapper, which
   ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` without a SIGCONT the wrapper kills
   it, which ends the job;
 * copies the rank's stderr through, picking out Horovod's stall-shutdown
-  report so the launcher can name the stalled rank.
+  report so the launcher can name the stalled rank, and dropping the
+  start-up lines TensorFlow prints before it reads ``TF_CPP_MIN_LOG_LEVEL``
+  when that level hides INFO (:mod:`hvdkit.runtime.tf_log`).
 
     python -m hvdkit.runtime.rank_status STATUS_DIR -- command ...
 
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from hvdkit.runtime import tf_log
 
 STATUS_DIR_VARIABLE = "HVDKIT_STATUS_DIR"  # set for the rank (hvdkit.runtime.abort writes its note there)
 STDERR_JOIN_SECONDS = 5.0  # how long to wait for the rank's last stderr after it exited
@@ -59,16 +63,17 @@ def record(status_dir, rank, returncode, stopped=None):
 
 
 def record_start(status_dir, rank, pid):
-    """The rank's and this wrapper's pids, with their start times (hvdkit.runtime.job_processes)."""
-    from hvdkit.runtime.job_processes import start_ticks
+    """The rank's and this wrapper's pids, with their create times (so the launcher can end them
+    later without mistaking a reused pid for them: hvdkit.runtime.job_processes)."""
+    from hvdkit.runtime.job_processes import create_time
 
     _write(status_dir, f"rank{rank}.pids.json",
-           {"rank": int(rank), "pid": pid, "start": start_ticks(pid), "wrapper_pid": os.getpid(),
-            "wrapper_start": start_ticks(os.getpid()), "host": socket.gethostname(), "time": time.time()})
+           {"rank": int(rank), "pid": pid, "start": create_time(pid), "wrapper_pid": os.getpid(),
+            "wrapper_start": create_time(os.getpid()), "host": socket.gethostname(), "time": time.time()})
 
 
 def recorded_processes(status_dir):
-    """``{pid: start ticks}`` of every rank and wrapper this host's wrappers recorded."""
+    """``{pid: create time}`` of every rank and wrapper this host's wrappers recorded."""
     host = socket.gethostname()
     known = {}
     for rec in read_records(status_dir)["pids"]:
@@ -236,21 +241,20 @@ class StallLogScanner:
         return None
 
 
-def _copy_stderr(source_fd, on_line):
-    """Copy the rank's stderr to ours as it comes, handing each complete line to ``on_line``."""
+def _copy_stderr(source_fd, on_line, startup_filter=None):
+    """Copy the rank's stderr to ours as it comes, handing each complete line to ``on_line``;
+    ``startup_filter`` (a ``tf_log.StartupLogFilter``) drops TensorFlow's start-up lines on the way."""
     pending = b""
     writable = True
     while True:
         chunk = os.read(source_fd, 65536)
+        if startup_filter is not None:
+            out = startup_filter.feed(chunk) if chunk else startup_filter.flush()
+        else:
+            out = chunk
+        writable = writable and tf_log.write_all(2, out)  # once our stderr is gone, drain so the rank never blocks
         if not chunk:
             break
-        if writable:
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(2, view):]
-            except OSError:
-                writable = False  # our stderr is gone; keep draining so the rank never blocks
         pending += chunk
         *lines, pending = pending.split(b"\n")
         pending = pending[-65536:]
@@ -300,8 +304,9 @@ class RankWatch:
         self.proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE,
                                      preexec_fn=lambda: die_with_parent(parent))
         self.scanner = StallLogScanner()
-        self.copier = threading.Thread(target=_copy_stderr, args=(os.dup(self.proc.stderr.fileno()), self.on_line),
-                                       daemon=True)
+        startup_filter = tf_log.StartupLogFilter() if tf_log.hides_info(env) else None
+        self.copier = threading.Thread(target=_copy_stderr, daemon=True,
+                                       args=(os.dup(self.proc.stderr.fileno()), self.on_line, startup_filter))
         self.proc.stderr.close()
         self.copier.start()
         if status_dir:

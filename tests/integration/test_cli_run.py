@@ -1,9 +1,14 @@
-"""``hvdkit run`` starts real ranks and passes on the job's exit code."""
+"""``hvdkit run`` starts real ranks, passes on the job's exit code, and keeps TensorFlow's start-up
+logs out of the ranks' output unless the user asks for them."""
+import os
+import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+
+from conftest import REPO
 
 LAUNCHERS = ["--mpi", "--gloo"]
 
@@ -73,3 +78,30 @@ def test_bad_option_exits_2_with_the_option_named(hvdkit_cli):
     result = hvdkit_cli(["run", "-np", "3", "-H", "localhost:1", "--", "true"])
     assert result.returncode == 2
     assert "-np 3 needs 3 slots" in result.stderr
+
+
+# Each rank imports TensorFlow and reports the log level it sees.
+IMPORT_TENSORFLOW = ("import os, tensorflow; "
+                     "print('rank sees TF_CPP_MIN_LOG_LEVEL=' + os.environ.get('TF_CPP_MIN_LOG_LEVEL', '<unset>'))")
+TF_STARTUP = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+              "To enable the following instructions")
+
+
+def run_one_rank(level):
+    """``hvdkit run -np 1`` of IMPORT_TENSORFLOW with TF_CPP_MIN_LOG_LEVEL at ``level`` (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    return subprocess.run([sys.executable, "-m", "hvdkit", "run", "-np", "1", "--", sys.executable, "-c",
+                           IMPORT_TENSORFLOW], capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+
+
+def test_ranks_print_no_tensorflow_startup_logs_and_keep_the_users_level():
+    shown = run_one_rank("0")
+    assert (shown.returncode, shown.stdout) == (0, "rank sees TF_CPP_MIN_LOG_LEVEL=0\n"), shown.stderr
+    quiet = run_one_rank(None)
+    assert (quiet.returncode, quiet.stdout) == (0, "rank sees TF_CPP_MIN_LOG_LEVEL=2\n"), quiet.stderr
+    assert [text for text in TF_STARTUP if text in quiet.stderr] == [], quiet.stderr
+    if not any(text in shown.stderr for text in TF_STARTUP):
+        pytest.skip("with TF_CPP_MIN_LOG_LEVEL=0 TensorFlow printed none of its start-up lines on this machine, "
+                    "so their absence above proves nothing")

@@ -1,6 +1,13 @@
-"""``hvdkit doctor`` reports the real build, and fails loudly when a required
-piece is missing."""
+"""``hvdkit doctor`` reports the real build, fails loudly when a required
+piece is missing, and prints no TensorFlow start-up logs unless asked to."""
 import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
 
 
 def test_reports_a_complete_build(hvdkit_cli):
@@ -25,3 +32,31 @@ def test_missing_mpirun_is_named_and_fails(hvdkit_cli, tmp_path):
     result = hvdkit_cli(["doctor"], env={"PATH": str(tmp_path)})
     assert result.returncode == 1
     assert "MISSING mpirun: not found" in result.stderr
+
+
+# The lines TensorFlow 2.21 prints when imported (hvdkit.runtime.tf_log), each found by a piece of its text.
+TF_STARTUP = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+              "To enable the following instructions")
+
+
+def doctor(level):
+    """``python -m hvdkit doctor`` with TF_CPP_MIN_LOG_LEVEL at ``level`` (None: unset, hvdkit's default)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = level
+    return subprocess.run([sys.executable, "-m", "hvdkit", "doctor"], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=REPO)
+
+
+def test_tensorflows_startup_logs_are_silenced_unless_the_user_asks_for_them():
+    shown = doctor("0")  # the user's value wins: TensorFlow prints them, and hvdkit leaves them
+    assert shown.returncode == 0, shown.stderr
+    printed = [text for text in TF_STARTUP if text in shown.stderr]
+    if not printed:
+        pytest.skip("with TF_CPP_MIN_LOG_LEVEL=0 TensorFlow printed none of its start-up lines on this machine, "
+                    "so there is nothing to silence")
+    quiet = doctor(None)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    assert quiet.stdout == shown.stdout  # the same report, only the logs are gone
+    assert quiet.stdout.rstrip().endswith("status: OK")

@@ -11,6 +11,7 @@ recorded, and the job's files are watched through its own processes'
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -240,6 +241,24 @@ def test_exception_on_one_rank_aborts_the_job(tmp_path, launcher):
     assert "hvdkit run: rank 1 raised ValueError: injected failure on rank 1" in err
     assert elapsed < END_LIMIT
     job.assert_clean()
+
+
+@pytest.mark.parametrize("launcher", ["--mpi", "--gloo"])
+def test_with_the_abort_hook_off_the_job_still_ends(tmp_path, launcher):
+    """HVDKIT_ABORT_ON_EXCEPTION=0: Python's own excepthook prints the traceback and rank 1 exits
+    through its clean-up; Horovod's shutdown there fails rank 0's pending allreduce, so the job
+    still ends in bounded time, without hvdkit's tags or abort."""
+    job = run_job(tmp_path, 2, launcher, "raise", victim=1, env={"HVDKIT_ABORT_ON_EXCEPTION": "0"})
+    job.wait_ready(2)
+    elapsed = job.wait_end(END_LIMIT)
+    err = job.stderr()
+    assert job.proc.returncode != 0, job.output()
+    # Python's own traceback (horovodrun prefixes each line with the rank)
+    assert re.search(r"^(\[1\]<stderr>:)?ValueError: injected failure on rank 1$", err, re.MULTILINE), err
+    assert "[hvdkit rank " not in err, err  # hvdkit's hook never ran
+    assert "hvdkit run: rank " in err, err  # the launcher still names the first rank that failed
+    job.assert_clean()
+    print(f"{launcher}: with the hook off, the job ended {elapsed:.1f} s after rank 1 raised")
 
 
 @pytest.mark.parametrize("np, victim", [(2, 1), (4, 2)])

@@ -85,7 +85,12 @@ BAD_ENVIRONMENTS = [
     ({"HVDKIT_RANKS_PER_NODE": "two"}, "HVDKIT_RANKS_PER_NODE='two': expected a positive integer"),
     ({"OMPI_MCA_mpi_yield_when_idle": "maybe"}, "OMPI_MCA_mpi_yield_when_idle='maybe': expected one of 0, 1"),
     ({"HVDKIT_CPU_ISA": "avx3"}, "HVDKIT_CPU_ISA='avx3': expected one of avx512, avx2, scalar"),
+    ({"HVDKIT_ABORT_ON_EXCEPTION": "yes"}, "HVDKIT_ABORT_ON_EXCEPTION='yes': expected 1 (the default: an uncaught "
+                                           "exception on a rank aborts the job) or 0"),
+    ({"TF_CPP_MIN_LOG_LEVEL": "quiet"}, "TF_CPP_MIN_LOG_LEVEL='quiet': expected an integer >= 0"),
 ]
+# What hvdkit run checks beyond the launch itself: the Horovod settings, the layout, and the ranks' own variables.
+RUN_BAD_ENVIRONMENTS = BAD_ENVIRONMENTS[:5] + BAD_ENVIRONMENTS[-2:]
 
 
 @pytest.mark.parametrize("env,message", BAD_ENVIRONMENTS, ids=lambda v: ",".join(v) if isinstance(v, dict) else None)
@@ -93,7 +98,7 @@ def test_train_refuses_bad_environment_variables(cli, tmp_path, env, message):
     assert_refused(cli(["train", "-np", "4", "--log-dir", str(tmp_path)], env), message)
 
 
-@pytest.mark.parametrize("env,message", BAD_ENVIRONMENTS[:5], ids=lambda v: ",".join(v) if isinstance(v, dict)
+@pytest.mark.parametrize("env,message", RUN_BAD_ENVIRONMENTS, ids=lambda v: ",".join(v) if isinstance(v, dict)
                          else None)
 def test_run_refuses_bad_environment_variables(cli, env, message):
     assert_refused(cli(["run", "-np", "4", "--", sys.executable, "-c", "pass"], env), message)

@@ -94,3 +94,68 @@ def test_ctrl_c_gives_one_line_and_exit_code_130(tmp_path):
     assert result.returncode == 130
     assert result.stderr == "[hvdkit rank 3] interrupted (KeyboardInterrupt)\n"
     assert not list(tmp_path.iterdir())
+
+
+# hvdkit.topology.init with a stand-in for horovod.torch, as rank 0 of 1 under horovodrun's variables: prints
+# whether the hook is in place afterwards, or the error init raised.
+INIT_PROGRAM = textwrap.dedent("""
+    import sys
+    from hvdkit import topology
+    from hvdkit.runtime import abort
+
+    class FakeHorovod:
+        __name__ = "fake_horovod"
+        started = False
+        global_process_set = object()
+        def is_initialized(self): return self.started
+        def init(self, process_sets): self.started = True
+        def rank(self): return 0
+        def size(self): return 1
+
+    hvd = FakeHorovod()
+    try:
+        topology.init(hvd)
+    except ValueError as err:
+        print(f"ValueError: {err}; horovod started: {hvd.started}")
+        sys.exit(0)
+    print("hook installed" if abort.installed() else "hook not installed")
+    print("python's hook" if sys.excepthook is sys.__excepthook__ else "another hook")
+""")
+GLOO_RANK_0_OF_1 = {"HOROVOD_GLOO_RENDEZVOUS_ADDR": "127.0.0.1", "HOROVOD_RANK": "0", "HOROVOD_SIZE": "1",
+                    "HOROVOD_LOCAL_RANK": "0", "HOROVOD_LOCAL_SIZE": "1", "HOROVOD_CROSS_SIZE": "1"}
+
+
+def init_with(value):
+    env = {k: v for k, v in os.environ.items() if k != "HVDKIT_ABORT_ON_EXCEPTION"}
+    env.update(GLOO_RANK_0_OF_1, PYTHONPATH=REPO)
+    if value is not None:
+        env["HVDKIT_ABORT_ON_EXCEPTION"] = value
+    result = subprocess.run([sys.executable, "-c", INIT_PROGRAM], capture_output=True, text=True, timeout=60,
+                            cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("value, expected", [(None, ["hook installed", "another hook"]),
+                                             ("1", ["hook installed", "another hook"]),
+                                             ("0", ["hook not installed", "python's hook"])])
+def test_init_installs_the_hook_unless_turned_off(value, expected):
+    assert init_with(value) == expected
+
+
+@pytest.mark.parametrize("value", ["yes", "", "2", "off"])
+def test_init_refuses_a_bad_value_before_horovod_starts(value):
+    assert init_with(value) == [
+        f"ValueError: HVDKIT_ABORT_ON_EXCEPTION={value!r}: expected 1 (the default: an uncaught exception on a "
+        "rank aborts the job) or 0 (leave it to Python and Horovod); horovod started: False"]
+
+
+@pytest.mark.parametrize("environ, expected", [({}, True), ({"HVDKIT_ABORT_ON_EXCEPTION": "1"}, True),
+                                               ({"HVDKIT_ABORT_ON_EXCEPTION": " 0 "}, False)])
+def test_wanted_reads_the_variable(environ, expected):
+    assert abort.wanted(environ) is expected
+
+
+def test_wanted_names_a_bad_value():
+    with pytest.raises(ValueError, match=r"^HVDKIT_ABORT_ON_EXCEPTION='true': expected 1 \(the default"):
+        abort.wanted({"HVDKIT_ABORT_ON_EXCEPTION": "true"})

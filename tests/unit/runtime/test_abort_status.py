@@ -175,7 +175,7 @@ def test_a_rank_dies_with_its_wrapper(tmp_path):
     proc = wrapper(tmp_path, "import time; time.sleep(120)")
     record = wait_for(tmp_path / "rank1.pids.json")
     child = record["pid"]
-    assert record["start"] == job_processes.start_ticks(child)
+    assert record["start"] == job_processes.create_time(child) == _started(child)
     assert rank_status.recorded_processes(tmp_path) == {child: record["start"], proc.pid: record["wrapper_start"]}
     proc.kill()
     proc.wait(timeout=30)
@@ -197,6 +197,16 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _started(pid):
+    """The process's start time read from /proc by hand, to within the clock tick (seconds since the
+    epoch: boot time plus the start ticks of /proc/PID/stat), as a check independent of psutil."""
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    return pytest.approx(boot + ticks / os.sysconf("SC_CLK_TCK"), abs=1e-6)
 
 
 def test_job_processes_are_found_by_their_marker_and_ended(tmp_path):
@@ -222,8 +232,10 @@ def test_recorded_processes_are_ended_even_without_the_marker():
     recorded = subprocess.Popen(["sleep", "120"])
     stranger = subprocess.Popen(["sleep", "120"])
     try:
-        known = {recorded.pid: job_processes.start_ticks(recorded.pid),
-                 stranger.pid: job_processes.start_ticks(stranger.pid) - 1}
+        started = job_processes.create_time(stranger.pid)
+        assert started == _started(stranger.pid)
+        known = {recorded.pid: job_processes.create_time(recorded.pid),
+                 stranger.pid: started - 0.01}  # its pid, recorded for a process that started one tick earlier
         killed = job_processes.end("HVDKIT_STATUS_DIR", uuid.uuid4().hex, known=known, grace=0.2)
         assert list(killed) == [recorded.pid]
         assert recorded.wait(timeout=10) == -signal.SIGKILL
@@ -232,3 +244,32 @@ def test_recorded_processes_are_ended_even_without_the_marker():
         for proc in (recorded, stranger):
             proc.kill()
             proc.wait()
+
+
+def test_a_zombie_counts_as_gone_and_is_left_to_its_parent():
+    """A process of the job that has exited but is not yet reaped is not waited for or killed, and
+    its exit status stays with its parent."""
+    value = uuid.uuid4().hex
+    zombie = subprocess.Popen(["sh", "-c", "sleep 0.5; exit 7"], env=dict(os.environ, HVDKIT_STATUS_DIR=value))
+    try:
+        recorded = {zombie.pid: job_processes.create_time(zombie.pid)}
+        assert set(job_processes.find("HVDKIT_STATUS_DIR", value)) == {zombie.pid}
+        deadline = time.monotonic() + 10
+        while _alive(zombie.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(zombie.pid) and os.path.exists(f"/proc/{zombie.pid}"), "expected a zombie"
+        assert job_processes.create_time(zombie.pid) is None
+        started = time.monotonic()
+        assert job_processes.end("HVDKIT_STATUS_DIR", value, known=recorded, grace=5) == {}
+        assert time.monotonic() - started < 2, "end() waited for a zombie"
+        assert zombie.wait(timeout=10) == 7
+    finally:
+        zombie.kill()
+        zombie.wait()
+
+
+def test_gone_and_unknown_pids_have_no_create_time():
+    proc = subprocess.Popen(["true"])
+    proc.wait(timeout=30)
+    assert job_processes.create_time(proc.pid) is None
+    assert job_processes.find("HVDKIT_STATUS_DIR", uuid.uuid4().hex) == {}

@@ -4,6 +4,7 @@ import pytest
 
 from hvdkit.runtime import env_check
 from hvdkit.runtime import horovod_env
+from hvdkit.runtime import tf_log
 from hvdkit.errors import UsageError
 
 
@@ -14,7 +15,8 @@ def test_an_empty_environment_and_hvdkits_own_defaults_are_valid():
 
 
 def test_every_default_hvdkit_sets_has_a_rule():
-    names = set(horovod_env.DEFAULTS) | set(horovod_env.LAUNCH_DEFAULTS)
+    names = set(horovod_env.DEFAULTS) | set(horovod_env.LAUNCH_DEFAULTS) | {tf_log.LEVEL_VARIABLE}
+    env_check.validate({tf_log.LEVEL_VARIABLE: tf_log.DEFAULT_LEVEL})
     assert names <= set(env_check.RULES), names - set(env_check.RULES)
 
 
@@ -25,6 +27,8 @@ def test_every_default_hvdkit_sets_has_a_rule():
     ("HOROVOD_STALL_CHECK_DISABLE", "1"), ("HOROVOD_CONTROLLER", "GLOO"), ("HOROVOD_CPU_OPERATIONS", "mpi"),
     ("OMPI_MCA_mpi_yield_when_idle", "true"), ("THP_MEM_ALLOC_ENABLE", "0"),
     ("HVDKIT_RANKS_PER_NODE", "2"), ("HVDKIT_RANKS_PER_NODE", ""), ("HVDKIT_CPU_ISA", "scalar"),
+    ("HVDKIT_ABORT_ON_EXCEPTION", "0"), ("HVDKIT_ABORT_ON_EXCEPTION", "1"), ("TF_CPP_MIN_LOG_LEVEL", "0"),
+    ("TF_CPP_MIN_LOG_LEVEL", "3"),
 ])
 def test_good_values_pass(name, value):
     env_check.validate({name: value}, world_size=4)
@@ -49,6 +53,12 @@ def test_good_values_pass(name, value):
     ("HVDKIT_RANKS_PER_NODE", "two", "a positive integer that divides the number of ranks"),
     ("HVDKIT_RANKS_PER_NODE", "0", "a positive integer that divides the number of ranks"),
     ("HVDKIT_CPU_ISA", "AVX2", "one of avx512, avx2, scalar"),
+    ("HVDKIT_ABORT_ON_EXCEPTION", "yes", "1 (the default: an uncaught exception on a rank aborts the job) or 0 "
+                                         "(leave it to Python and Horovod)"),
+    ("TF_CPP_MIN_LOG_LEVEL", "quiet", "an integer >= 0 (0: all of TensorFlow's C++ logs, 1: no INFO, 2: no WARNING, "
+                                      "3: no ERROR)"),
+    ("TF_CPP_MIN_LOG_LEVEL", "-1", "an integer >= 0 (0: all of TensorFlow's C++ logs, 1: no INFO, 2: no WARNING, "
+                                   "3: no ERROR)"),
 ])
 def test_bad_values_name_the_variable_the_value_and_what_is_valid(name, value, valid):
     with pytest.raises(UsageError) as info:
