@@ -13,13 +13,35 @@ tensors) that Horovod can move, and back::
 Inputs arrive already divided by the world size when averaging, so the
 decoded sum is the average and nothing is scaled after the exchange.
 Gathered payloads arrive as every rank's tensors joined end to end (Horovod's
-allgather), which the decoders sum in one pass. Error feedback and other
+allgather), which the decoders sum in one pass: ``decompress(payload, numel)``
+of a gathered compressor takes the element count as its ctx.
+
+Gathered compressors with a ``chunk_grain`` also run the two-phase exchange
+(``hvdkit.exchange.strategies.two_phase``): the bucket is cut into one chunk
+per rank at multiples of the grain, ``compress_chunks`` gives the chunks'
+payloads back to back with their lengths, rank j sums everyone's chunk j
+(``decompress``), compresses that sum again with its own "server" state and
+``placed`` puts the result where the chunk sits in the bucket, so the gathered
+server payloads decode as one payload of the whole bucket. Error feedback and other
 memory live in the ``BucketState`` passed in; algorithms never keep per-bucket
 data on ``self``. All tensor work goes through ``self.ops`` (a
 ``backend.TensorOps``), so the same files serve torch and TensorFlow.
 """
 
-__all__ = ["Compressor"]
+__all__ = ["Compressor", "TWO_PHASE_OPTION"]
+
+
+def _two_phase_choice(text):
+    """``auto`` (the exchange picks by the number of ranks and the payload size), ``1`` (always), ``0`` (never)."""
+    value = text.strip().lower()
+    if value not in ("auto", "0", "1"):
+        raise ValueError("expected auto, 0 or 1")
+    return value
+
+
+_two_phase_choice.describe = "auto, 0 or 1"
+# The option of the gathered compressors that can exchange in two phases (spec ``two_phase=auto|0|1``).
+TWO_PHASE_OPTION = (_two_phase_choice, "auto")
 
 
 class Compressor:
@@ -31,6 +53,8 @@ class Compressor:
     rounds = 1  # collectives per exchange (PowerSGD: 2)
     argument = None  # spec.Argument for ``name:ARG``, or None
     options = {}  # algorithm options: name -> (parser, default)
+    chunk_grain = None  # gathered compressors that run two-phase: chunk boundaries fall on multiples of this
+    part_itemsizes = ()  # bytes per element of each payload tensor (gathered compressors; the cost model)
 
     def __init__(self, spec, ops):
         self.spec = spec
@@ -60,3 +84,20 @@ class Compressor:
     def decompress(self, payload, ctx):
         """Reduced (summable) or gathered payload -> the dense flat sum over the ranks."""
         raise NotImplementedError
+
+    # --- two-phase exchange (gathered compressors with a chunk_grain) ---------------------------------
+    def part_lengths(self, numel):
+        """Lengths of the payload tensors of ``numel`` elements (the alltoall's splits)."""
+        raise NotImplementedError(f"{self.name} has no two-phase exchange")
+
+    def compress_chunks(self, tensor, state, bounds):
+        """(payload tensors with the chunks [bounds[j], bounds[j+1]) back to back, their lengths per chunk).
+        Blockwise compressors compress the whole bucket once: with boundaries on whole blocks, the
+        whole payload is the chunks' payloads back to back."""
+        payload, _ = self.compress(tensor, state)
+        per_chunk = [self.part_lengths(hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+        return payload, [[lengths[i] for lengths in per_chunk] for i in range(len(payload))]
+
+    def placed(self, payload, start):
+        """A chunk's payload as a piece of the whole bucket's payload (top-k moves its indices)."""
+        return payload

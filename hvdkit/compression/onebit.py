@@ -2,17 +2,22 @@
 
 n/8 bytes of sign bits plus one float32 per block of BLOCK values (option
 ``block=``, a multiple of 8, default 1024); scales differ between ranks, so payloads are
-gathered and decoded into one dense sum. Error feedback (``ef=1``, default)
+gathered and decoded into one dense sum, or exchanged in two phases (1-bit
+Adam's compressed allreduce, with a second error feedback on the chunk sums). Error feedback (``ef=1``, default)
 is what makes 1-bit SGD converge: the residual keeps c - scale*sign(c).
 """
 from hvdkit.compression import spec
-from hvdkit.compression.base import Compressor
+from hvdkit.compression.base import TWO_PHASE_OPTION, Compressor
 
 
 class OneBit(Compressor):
     name = "onebit"
     summable = False
-    options = {"ef": (spec.flag, True), "block": (spec.block_size, 1024)}
+    options = {"ef": (spec.flag, True), "block": (spec.block_size, 1024), "two_phase": TWO_PHASE_OPTION}
+
+    def __init__(self, spec_, ops):
+        super().__init__(spec_, ops)
+        self.chunk_grain = self.spec.options["block"]  # whole blocks: a chunk's bits and scales are a slice
 
     def compress(self, tensor, state):
         ops = self.ops
@@ -25,3 +30,8 @@ class OneBit(Compressor):
     def decompress(self, payload, ctx):
         bits, scales = payload
         return self.ops.sign_decode(bits, scales, ctx, self.spec.options["block"])
+
+    part_itemsizes = (1, 4)  # sign bits, float32 scales
+
+    def part_lengths(self, numel):
+        return -(-numel // 8), -(-numel // self.spec.options["block"])

@@ -119,8 +119,15 @@ class Spec:
     def __str__(self):
         """The canonical spec string: every option spelled out; parses back to an equal Spec."""
         parts = [self.name if self.arg is None else f"{self.name}:{self.arg!r}"]
-        parts += [f"{k}={int(v) if isinstance(v, bool) else repr(v)}" for k, v in sorted(self.options.items())]
+        parts += [f"{k}={_spelled(v)}" for k, v in sorted(self.options.items())]
         return ",".join(parts)
+
+
+def _spelled(value):
+    """An option value as a spec string spells it (flags as 0/1, words bare)."""
+    if isinstance(value, bool):
+        return str(int(value))
+    return value if isinstance(value, str) else repr(value)
 
 
 def usage(algorithms):

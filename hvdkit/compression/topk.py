@@ -2,14 +2,15 @@
 
 Each rank sends int32 indices and float32 values of its own top-k of
 ``gradient + residual``; indices differ between ranks, so payloads are
-gathered and scatter-added into one dense sum. ``ef=1`` (default) keeps what
+gathered and scatter-added into one dense sum, or exchanged in two phases
+(each rank sums one chunk and keeps that sum's own top-k, with its own residual). ``ef=1`` (default) keeps what
 was not sent in the residual (Deep Gradient Compression's local accumulation);
 ``approx=1`` estimates the threshold from a sample (faster, count bounded by k).
 """
 import math
 
 from hvdkit.compression import spec
-from hvdkit.compression.base import Compressor
+from hvdkit.compression.base import TWO_PHASE_OPTION, Compressor
 
 
 def count(ratio, n):
@@ -21,7 +22,8 @@ class TopK(Compressor):
     name = "topk"
     summable = False
     argument = spec.Argument("RATIO", spec.ratio)
-    options = {"ef": (spec.flag, True), "approx": (spec.flag, False)}
+    options = {"ef": (spec.flag, True), "approx": (spec.flag, False), "two_phase": TWO_PHASE_OPTION}
+    chunk_grain = 1
 
     def compress(self, tensor, state):
         k = count(self.spec.arg, state.numel)
@@ -34,3 +36,29 @@ class TopK(Compressor):
     def decompress(self, payload, ctx):
         indices, values = payload
         return self.ops.scatter_add(indices, values, self.ops.zeros(ctx, values))
+
+    part_itemsizes = (4, 4)  # int32 indices, float32 values
+
+    def part_lengths(self, numel):
+        k = count(self.spec.arg, numel)
+        return k, k
+
+    def compress_chunks(self, tensor, state, bounds):
+        """Each chunk's own top-k at the same density (indices counted from the chunk's start)."""
+        ops, ef, approx = self.ops, self.ef, self.spec.options["approx"]
+        indices, values, residuals = [], [], []
+        for lo, hi in zip(bounds, bounds[1:]):
+            k = self.part_lengths(hi - lo)[0]
+            residual = ops.slice(state.residual, lo, hi) if ef else None
+            i, v, r = ops.topk_ef(ops.slice(tensor, lo, hi), residual, k, approx)
+            indices.append(i)
+            values.append(v)
+            residuals.append(r)
+        if ef:
+            state.residual = ops.concat(residuals)
+        lengths = [ops.numel(v) for v in values]
+        return (ops.concat(indices), ops.concat(values)), [lengths, lengths]
+
+    def placed(self, payload, start):
+        indices, values = payload
+        return self.ops.add(indices, start), values

@@ -35,20 +35,39 @@ class HorovodTransport:
             kwargs["op"] = hvd.Sum
         if request.scale != 1.0:
             kwargs["postscale_factor"] = request.scale
+        if request.kind == "alltoall":
+            kwargs["splits"] = list(request.splits)
         name = request.kind + ("_async_" if request.inplace else "_async")
         function = getattr(hvd, name, None) or getattr(hvd, request.kind + "_async", None)
         if function is None:
-            return _Done(getattr(hvd, request.kind)(request.tensor, **kwargs))
-        return function(request.tensor, **kwargs)
+            return _Done(_output(request.kind, getattr(hvd, request.kind)(request.tensor, **kwargs)))
+        return _Started(request.kind, function(request.tensor, **kwargs))
 
     def done(self, pending):
-        return isinstance(pending, _Done) or self.hvd.poll(pending)
+        return isinstance(pending, _Done) or self.hvd.poll(pending.handle)
 
     def result(self, pending):
-        return pending.value if isinstance(pending, _Done) else self.hvd.synchronize(pending)
+        if isinstance(pending, _Done):
+            return pending.value
+        return _output(pending.kind, self.hvd.synchronize(pending.handle))
 
     def allgather_object(self, obj):
         return self.hvd.allgather_object(obj)
+
+
+def _output(kind, value):
+    """A collective's result tensor: Horovod's alltoall with splits also returns the received splits."""
+    return value[0] if kind == "alltoall" else value
+
+
+class _Started:
+    """A Horovod async handle and the kind of collective it belongs to."""
+
+    __slots__ = ("kind", "handle")
+
+    def __init__(self, kind, handle):
+        self.kind = kind
+        self.handle = handle
 
 
 class _Done:

@@ -25,6 +25,7 @@ from hvdkit.compression.seeds import mix
 from hvdkit.compression.state import BucketState
 from hvdkit.exchange import consistency, strategies
 from hvdkit.exchange.buckets import plan_buckets
+from hvdkit.exchange.cost import prefer_two_phase
 from hvdkit.exchange.engine import Flight
 from hvdkit.exchange.options import check_nonfinite
 from hvdkit.exchange.stats import StatsMeter
@@ -32,7 +33,8 @@ from hvdkit.exchange.stats import StatsMeter
 __all__ = ["Reducer", "ReducerView"]
 
 _WHERE = "hvdkit DistributedOptimizer"  # how per-step errors name the optimizer
-STRATEGIES = {"flat": strategies.flat, "sharded": strategies.sharded, "replicated": strategies.replicated}
+STRATEGIES = {"flat": strategies.flat, "two_phase": strategies.two_phase, "sharded": strategies.sharded,
+              "replicated": strategies.replicated}
 
 
 class Reducer:
@@ -87,17 +89,26 @@ class Reducer:
             self._checked = True
 
     def _route(self, bucket, compressor):
-        """Which strategy carries this bucket: "flat", "sharded" or "replicated" (see hvdkit.exchange.strategies)."""
-        if self.links.intra is None or bucket.numel < self.links.intra.size:
-            return "flat"
-        return "sharded" if compressor.elementwise else "replicated"
+        """(route, strategy keyword arguments): "flat" or "two_phase" over the world, or, between nodes,
+        "sharded" (with a flat or two-phase cross-node hop) or "replicated" (see hvdkit.exchange.strategies)."""
+        links = self.links
+        if links.intra is None or bucket.numel < links.intra.size:
+            if prefer_two_phase(compressor, bucket.numel, links.world.size):
+                return "two_phase", {}
+            return "flat", {}
+        if not compressor.elementwise:
+            return "replicated", {}
+        # The largest share decides for every local rank: all ranks then issue the same Horovod ops.
+        share = strategies.shares(bucket.numel, links.intra.size)[0]
+        two = prefer_two_phase(compressor, share, links.cross.size)
+        return "sharded", {"cross": strategies.two_phase if two else strategies.flat}
 
     def _state(self, bucket, route):
         """The BucketState of this bucket on this route, created on first use."""
         state = self.states.get((bucket.index, route))
         if state is None:
             links = self.links
-            if route == "flat":
+            if route in ("flat", "two_phase"):
                 numel, layout, shard = bucket.numel, bucket.layout, 0
                 peers, peer = links.world.size, links.world.position
             elif route == "sharded":
@@ -128,13 +139,14 @@ class Reducer:
         else:
             flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
         compressor = self.compressor if compressed else self.dense
-        route = self._route(bucket, compressor)
-        link = self.links.world if route == "flat" else self.links
+        route, options = self._route(bucket, compressor)
+        link = self.links.world if route in ("flat", "two_phase") else self.links
         # This rank's finiteness settles a flat exchange; a hierarchical one checks the node sum, which
         # carries every local rank's NaN.
-        finite = not nonfinite if route == "flat" else None
+        finite = not nonfinite if route in ("flat", "two_phase") else None
         exchange = STRATEGIES[route](compressor, flat, self._state(bucket, route), link,
-                                     f"hvdkit.{self.name}.b{bucket.index}", self.meter, finite)
+                                     f"hvdkit.{self.name}.b{bucket.index}", self.meter, finite, **options)
+        self.meter.route(_route_name(route, options, compressor))
         self.flights[bucket_index] = Flight(self.transport, exchange)
 
     def launched(self, bucket_index):
@@ -215,6 +227,15 @@ class Reducer:
                 raise ValueError(f"checkpoint has compression state for bucket {key!r}; this optimizer has "
                                  f"{len(self.buckets)} buckets: the model or fusion_mb changed")
             self._state(self.buckets[int(index)], route).load_dict(value)
+
+
+def _route_name(route, options, compressor):
+    """How a bucket travels, for the step stats: the route, then how its payload crossed."""
+    if route == "two_phase" or options.get("cross") is strategies.two_phase:
+        hop = "two_phase"
+    else:
+        hop = "allreduce" if compressor.summable else "allgather"
+    return route if route == "two_phase" else f"{route}/{hop}"
 
 
 class ReducerView:

@@ -169,11 +169,22 @@ def _compute(requests, members):
     if kind == "allgather":
         gathered = fw.concat_rows([fw.reshape(t, (-1,)) if len(fw.shape(t)) <= 1 else t for t in tensors])
         return [fw.copy(gathered) for _ in members]
+    if kind == "alltoall":
+        return _alltoall(requests, fw)
     if kind == "reducescatter":
         total = _sum(tensors)
         bounds = list(itertools.accumulate([0] + shares(fw.numel(total), len(members))))
         return [fw.copy(total[bounds[i]:bounds[i + 1]]) for i in range(len(members))]
     raise ValueError(f"unknown collective {kind!r}")
+
+
+def _alltoall(requests, fw):
+    """Member j receives every member's j-th piece (its ``splits[j]`` rows), in member order."""
+    pieces = []
+    for request in requests:
+        bounds = list(itertools.accumulate([0] + list(request.splits)))
+        pieces.append([request.tensor[bounds[j]:bounds[j + 1]] for j in range(len(requests))])
+    return [fw.concat_rows([pieces[r][j] for r in range(len(requests))]) for j in range(len(requests))]
 
 
 class _Transport:

@@ -4,7 +4,8 @@ A ``StatsMeter`` collects during one step (the exchange code calls ``sent``
 and ``timed``); ``finish`` turns it into an immutable ``StepStats``. Wire
 bytes are estimates of what this rank transmits under Horovod's ring
 algorithms for a group of p ranks and b payload bytes: allreduce 2(p-1)/p*b,
-reduce-scatter (p-1)/p*b, allgather (p-1)*b.
+reduce-scatter (p-1)/p*b, allgather (p-1)*b, alltoall (p-1)/p*b (b: the whole
+send buffer, one p-th to each rank).
 """
 import dataclasses
 import time
@@ -16,7 +17,8 @@ def wire_bytes(kind, nbytes, peers):
     """Bytes this rank sends for one collective of ``kind`` over ``peers`` ranks."""
     if peers <= 1:
         return 0
-    factor = {"allreduce": 2 * (peers - 1) / peers, "allgather": peers - 1, "reducescatter": (peers - 1) / peers}[kind]
+    factor = {"allreduce": 2 * (peers - 1) / peers, "allgather": peers - 1, "reducescatter": (peers - 1) / peers,
+              "alltoall": (peers - 1) / peers}[kind]
     return int(round(factor * nbytes))
 
 
@@ -35,6 +37,7 @@ class StepStats:
     pack_ms: float  # time packing gradients into buckets and unpacking results
     wait_ms: float  # time synchronize() blocked on communication still in flight
     skipped: bool  # the reduced gradients were not finite (see the optimizer's ``nonfinite``)
+    routes: tuple = ()  # ((route, buckets), ...): how the buckets travelled, e.g. ("flat/two_phase", 3)
 
     @property
     def compression_ratio(self):
@@ -42,14 +45,14 @@ class StepStats:
         return self.compressed_dense_bytes / self.compressed_bytes if self.compressed_bytes else 1.0
 
     def as_dict(self):
-        return dict(dataclasses.asdict(self), compression_ratio=self.compression_ratio)
+        return dict(dataclasses.asdict(self), compression_ratio=self.compression_ratio, routes=dict(self.routes))
 
 
 class StatsMeter:
     """Running totals for the step in progress."""
 
     __slots__ = ("buckets", "dense_bytes", "bytes_sent", "wire_bytes", "compressed_dense_bytes",
-                 "compressed_bytes", "kernel_s", "pack_s", "wait_s")
+                 "compressed_bytes", "kernel_s", "pack_s", "wait_s", "routes")
 
     def __init__(self):
         self.buckets = 0  # buckets launched
@@ -61,10 +64,14 @@ class StatsMeter:
         self.kernel_s = 0.0  # seconds in compressor calls
         self.pack_s = 0.0  # seconds packing / unpacking
         self.wait_s = 0.0  # seconds blocked on communication
+        self.routes = {}  # route name -> buckets that took it
 
     def bucket(self, nbytes):
         self.buckets += 1
         self.dense_bytes += nbytes
+
+    def route(self, name):
+        self.routes[name] = self.routes.get(name, 0) + 1
 
     def sent(self, kind, nbytes, peers, compressed=False):
         self.bytes_sent += nbytes
@@ -87,4 +94,5 @@ class StatsMeter:
         return StepStats(step=step, buckets=self.buckets, dense_bytes=self.dense_bytes, bytes_sent=self.bytes_sent,
                          wire_bytes=self.wire_bytes, compressed_dense_bytes=self.compressed_dense_bytes,
                          compressed_bytes=self.compressed_bytes, kernel_ms=1e3 * self.kernel_s,
-                         pack_ms=1e3 * self.pack_s, wait_ms=1e3 * self.wait_s, skipped=skipped)
+                         pack_ms=1e3 * self.pack_s, wait_ms=1e3 * self.wait_s, skipped=skipped,
+                         routes=tuple(sorted(self.routes.items())))

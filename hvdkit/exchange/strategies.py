@@ -16,6 +16,14 @@ gradient hooks (so multi-stage exchanges move on during backward) and
   the flat exchange of that share among the ranks with local rank i (one per
   node: the only traffic between nodes, compressed); allgather of the shares
   inside the node.
+* ``two_phase``: for gathered compressors, bytes per rank independent of
+  the number of ranks (DeepSpeed's 1-bit compressed allreduce, BytePS's
+  summation service): each rank compresses its bucket (worker error
+  feedback) and an alltoall hands rank j everyone's chunk j; rank j sums
+  them, compresses the sum again with its own residual (server error
+  feedback), and an allgather of those compressed sums gives every rank the
+  whole result. About 2x the compressed size per rank, against (p-1)x for
+  an allgather.
 * ``replicated``: hierarchical, for shape-aware compressors (PowerSGD):
   allreduce (sum, dense) inside the node; then every local rank runs the same
   flat exchange of the node sum among the nodes, so each ends with the result
@@ -33,7 +41,7 @@ Horovod after the sum, as its own average does) and ``inplace``.
 """
 import dataclasses
 
-__all__ = ["Link", "Links", "Request", "flat", "sharded", "replicated", "shares"]
+__all__ = ["Link", "Links", "Request", "chunk_bounds", "flat", "sharded", "replicated", "shares", "two_phase"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Request:
     name: str  # unique among collectives in flight; equal on every rank taking part
     scale: float = 1.0  # allreduce: multiply the sum by this (Horovod's postscale_factor)
     inplace: bool = False  # allreduce: the result may be written into ``tensor`` (torch's allreduce_async_)
+    splits: tuple = None  # alltoall: elements of ``tensor`` (back to back) for each rank of the link
 
 
 def nbytes(tensor):
@@ -108,12 +117,49 @@ def flat(compressor, tensor, state, link, name, meter, finite, scale=1.0, inplac
     return meter.timed("kernel_s", compressor.decompress, reduced, ctx)
 
 
-def sharded(compressor, tensor, state, links, name, meter, finite, scale=1.0):
+def two_phase(compressor, tensor, state, link, name, meter, finite):
+    """The two-phase compressed exchange over ``link`` (see the module docstring); ``finite`` as for
+    :func:`flat`. Chunk sums that are not finite are compressed with a scratch server state and
+    poisoned, as in :func:`flat`, so every rank sees a non-finite result and no residual takes it in."""
+    ops = compressor.ops
+    if finite is None:
+        finite = ops.all_finite(tensor)
+    use = state if finite else state.scratch()
+    compressor.prepare(use, tensor)
+    meter.compressed_input(nbytes(tensor))
+    bounds = chunk_bounds(state.numel, link.size, compressor.chunk_grain)
+    parts, splits = meter.timed("kernel_s", compressor.compress_chunks, tensor, use, bounds)
+    if not finite:
+        parts = tuple(parts[:-1]) + (ops.poison(parts[-1]),)
+    received = yield [_request("alltoall", part, link, f"{name}.a2a.{i}", meter, True, splits=tuple(split))
+                      for i, (part, split) in enumerate(zip(parts, splits))]
+    start, stop = bounds[link.position], bounds[link.position + 1]
+    chunk_sum = meter.timed("kernel_s", compressor.decompress, tuple(received), stop - start)
+    server = state.server_state(stop - start)
+    chunk_finite = ops.all_finite(chunk_sum)
+    use_server = server if chunk_finite else server.scratch()
+    compressor.prepare(use_server, chunk_sum)
+    payload, _ = meter.timed("kernel_s", compressor.compress, chunk_sum, use_server)
+    payload = compressor.placed(tuple(payload), start)
+    if not chunk_finite:
+        payload = tuple(payload[:-1]) + (ops.poison(payload[-1]),)
+    gathered = yield [_request("allgather", part, link, f"{name}.ag.{i}", meter, True)
+                      for i, part in enumerate(payload)]
+    state.steps += 1
+    server.steps += 1
+    return meter.timed("kernel_s", compressor.decompress, tuple(gathered), state.numel)
+
+
+def sharded(compressor, tensor, state, links, name, meter, finite, scale=1.0, cross=flat):
     """Hierarchical exchange of an elementwise compressor; ``state`` covers this rank's share.
     ``finite`` is whether the node-summed share is known to be finite (None: check it, for it carries
-    any rank's NaN). ``scale`` as for :func:`flat`, applied between the nodes."""
+    any rank's NaN). ``scale`` as for :func:`flat`, applied between the nodes; ``cross`` is the
+    strategy of the hop between nodes (:func:`flat` or :func:`two_phase`)."""
     share, = yield [_request("reducescatter", tensor, links.intra, f"{name}.rs", meter)]
-    reduced = yield from flat(compressor, share, state, links.cross, f"{name}.x", meter, finite, scale)
+    if cross is two_phase:
+        reduced = yield from two_phase(compressor, share, state, links.cross, f"{name}.x", meter, finite)
+    else:
+        reduced = yield from flat(compressor, share, state, links.cross, f"{name}.x", meter, finite, scale)
     whole, = yield [_request("allgather", reduced, links.intra, f"{name}.ag", meter)]
     return whole
 
@@ -123,6 +169,17 @@ def replicated(compressor, tensor, state, links, name, meter, finite):
     among the nodes on every local rank. ``finite`` as for :func:`sharded`, of the node sum."""
     node_sum, = yield [_request("allreduce", tensor, links.intra, f"{name}.node", meter)]
     return (yield from flat(compressor, node_sum, state, links.cross, f"{name}.x", meter, finite))
+
+
+def chunk_bounds(numel, parts, grain=1):
+    """``parts + 1`` cut points of ``numel`` elements into ``parts`` chunks whose boundaries fall on
+    multiples of ``grain`` (whole compression blocks); the last chunk takes the tail. Chunks are as equal
+    as whole grains allow (some are empty when there are fewer grains than parts)."""
+    grains = -(-numel // grain) if numel else 0
+    cuts = [0]
+    for share in shares(grains, parts):
+        cuts.append(min(numel, cuts[-1] + share * grain))
+    return cuts
 
 
 def shares(numel, parts):

@@ -75,7 +75,7 @@ def test_malformed_specs_raise_naming_the_spec_and_the_choices(text):
 
 
 def test_option_errors_list_the_algorithms_options():
-    with pytest.raises(ValueError, match=r"options for topk: approx, ef, min_numel, warmup"):
+    with pytest.raises(ValueError, match=r"options for topk: approx, ef, min_numel, two_phase, warmup"):
         parse("topk:0.1,block=8")
 
 
@@ -100,3 +100,13 @@ def test_create_builds_the_class_for_the_spec():
     compressor = create("topk:0.25,approx=1", ops=None)
     assert type(compressor).__name__ == "TopK"
     assert compressor.spec.options["approx"] is True and compressor.ef is True
+
+
+@pytest.mark.parametrize("text,message", [
+    ("powersgd:4,two_phase=1", r"unknown option 'two_phase=1'.*options for powersgd: "),
+    ("fp16,two_phase=1", r"unknown option 'two_phase=1'.*options for fp16: "),
+    ("onebit,two_phase=maybe", r"option two_phase='maybe': expected auto, 0 or 1"),
+])
+def test_two_phase_is_an_option_of_the_gathered_compressors_only(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse(text)
