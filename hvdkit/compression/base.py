@@ -53,6 +53,7 @@ class Compressor:
     rounds = 1  # collectives per exchange (PowerSGD: 2)
     argument = None  # spec.Argument for ``name:ARG``, or None
     options = {}  # algorithm options: name -> (parser, default)
+    aliases = {}  # other names accepted for options: alias -> option (e.g. PyTorch's names)
     chunk_grain = None  # gathered compressors that run two-phase: chunk boundaries fall on multiples of this
     part_itemsizes = ()  # bytes per element of each payload tensor (gathered compressors; the cost model)
 

@@ -163,6 +163,7 @@ def parse(text, algorithms=None):
     seen = set()
     for option_text in option_texts:
         key, eq, value_text = (part.strip() for part in option_text.partition("="))
+        key = getattr(cls, "aliases", {}).get(key, key)  # e.g. PowerSGD's start_iter is warmup
         if key in seen:
             _fail(text, f"option {key!r} given twice", algorithms, cls)
         seen.add(key)

@@ -195,4 +195,5 @@ class TensorOps(abc.ABC):
 
     @abc.abstractmethod
     def orthogonalize(self, m):
-        """Orthonormal columns spanning ``m``'s (Gram-Schmidt / QR), as PyTorch's PowerSGD hook does."""
+        """Orthonormal columns spanning ``m``'s (Gram-Schmidt for up to 2 columns, QR beyond, as PyTorch's
+        PowerSGD hook does); an all-zero column becomes a unit vector, so the result is never all zero."""

@@ -166,7 +166,10 @@ class TFOps(TensorOps):
         rest = m
         for i in range(m.shape[1]):
             col = rest[:, :1]
-            col = col / (tf.norm(col) + _EPS)
+            norm = tf.norm(col)
+            col = col / (norm + _EPS)
+            # An all-zero column becomes a unit vector (no host read: a masked add).
+            col = col + tf.one_hot([i % m.shape[0]], m.shape[0], dtype=m.dtype)[0][:, None] * tf.cast(norm == 0, m.dtype)
             rest = rest[:, 1:]
             if rest.shape[1]:
                 rest = rest - tf.reduce_sum(col * rest, axis=0, keepdims=True) * col

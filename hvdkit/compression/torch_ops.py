@@ -152,7 +152,9 @@ class TorchOps(TensorOps):
             return torch.linalg.qr(m).Q.contiguous()
         for i in range(m.shape[1]):
             col = m[:, i:i + 1]
-            col /= torch.linalg.vector_norm(col) + _EPS
+            norm = torch.linalg.vector_norm(col)
+            col /= norm + _EPS
+            col[i % m.shape[0]] += (norm == 0).to(col.dtype)  # an all-zero column becomes a unit vector
             if i + 1 < m.shape[1]:
                 rest = m[:, i + 1:]
                 rest -= (col * rest).sum(dim=0, keepdim=True) * col

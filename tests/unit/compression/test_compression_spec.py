@@ -17,7 +17,8 @@ VALID = {
     "randomk:1": ("randomk", 1.0, {"ef": True}),
     "onebit": ("onebit", None, {"block": 1024, "ef": True}),
     "onebit,block=64": ("onebit", None, {"block": 64}),
-    "powersgd:4": ("powersgd", 4, {"warm_start": True, "ef": True, "min_rate": 2.0}),
+    "powersgd:4": ("powersgd", 4, {"warm_start": True, "ef": True, "min_compression_rate": 2.0}),
+    "powersgd:2,start_iter=10,min_compression_rate=4": ("powersgd", 2, {"warmup": 10, "min_compression_rate": 4.0}),
     "powersgd:1,warm_start=0,seed=7": ("powersgd", 1, {"warm_start": False, "seed": 7}),
 }
 
