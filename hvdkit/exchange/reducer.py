@@ -34,7 +34,7 @@ __all__ = ["Reducer", "ReducerView"]
 
 _WHERE = "hvdkit DistributedOptimizer"  # how per-step errors name the optimizer
 STRATEGIES = {"flat": strategies.flat, "two_phase": strategies.two_phase, "sharded": strategies.sharded,
-              "replicated": strategies.replicated}
+              "matrix_sharded": strategies.matrix_sharded, "replicated": strategies.replicated}
 
 
 class Reducer:
@@ -97,7 +97,10 @@ class Reducer:
                 return "two_phase", {}
             return "flat", {}
         if not compressor.elementwise:
-            return "replicated", {}
+            assignment = strategies.assign_matrices(bucket.layout, links.intra.size)
+            if assignment is None:
+                return "replicated", {}
+            return "matrix_sharded", {"assignment": assignment}
         # The largest share decides for every local rank: all ranks then issue the same Horovod ops.
         share = strategies.shares(bucket.numel, links.intra.size)[0]
         two = prefer_two_phase(compressor, share, links.cross.size)
@@ -114,12 +117,25 @@ class Reducer:
             elif route == "sharded":
                 numel = strategies.shares(bucket.numel, links.intra.size)[links.intra.position]
                 layout, peers, peer, shard = (), links.cross.size, links.cross.position, links.intra.position
+            elif route == "matrix_sharded":
+                layout, numel = self._my_matrices(bucket)
+                peers, peer, shard = links.cross.size, links.cross.position, links.intra.position
             else:
                 numel, layout, shard = bucket.numel, bucket.layout, 0
                 peers, peer = links.cross.size, links.cross.position
             state = BucketState(numel, layout, peers, peer, seed=mix(bucket.index, shard))
             self.states[bucket.index, route] = state
         return state
+
+    def _my_matrices(self, bucket):
+        """(layout, numel) of this local rank's matrices of ``bucket`` on the matrix_sharded route, back to back."""
+        shapes = dict(bucket.layout)
+        mine = strategies.assign_matrices(bucket.layout, self.links.intra.size)[self.links.intra.position]
+        layout, start = [], 0
+        for offset, numel in mine:
+            layout.append((start, shapes[offset]))
+            start += numel
+        return tuple(layout), start
 
     def launch(self, bucket_index, tensors):
         """Pack the bucket's tensors (in the bucket's slot order) and start its exchange."""

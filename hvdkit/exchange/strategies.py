@@ -24,7 +24,13 @@ gradient hooks (so multi-stage exchanges move on during backward) and
   feedback), and an allgather of those compressed sums gives every rank the
   whole result. About 2x the compressed size per rank, against (p-1)x for
   an allgather.
-* ``replicated``: hierarchical, for shape-aware compressors (PowerSGD):
+* ``matrix_sharded``: hierarchical, for shape-aware compressors (PowerSGD):
+  allreduce (sum, dense) inside the node; the bucket's matrices are divided
+  among the local ranks (``assign_matrices``), each runs the flat exchange of
+  its own matrices' node sums among the nodes, and an allgather inside the
+  node shares the results: each matrix crosses between nodes once per node.
+* ``replicated``: hierarchical, for shape-aware compressors when a bucket has
+  fewer matrices than the node has ranks:
   allreduce (sum, dense) inside the node; then every local rank runs the same
   flat exchange of the node sum among the nodes, so each ends with the result
   and nothing is shared back. The compressed payloads cross between nodes
@@ -41,7 +47,8 @@ Horovod after the sum, as its own average does) and ``inplace``.
 """
 import dataclasses
 
-__all__ = ["Link", "Links", "Request", "chunk_bounds", "flat", "sharded", "replicated", "shares", "two_phase"]
+__all__ = ["Link", "Links", "Request", "assign_matrices", "chunk_bounds", "flat", "matrix_sharded", "sharded",
+           "replicated", "shares", "two_phase"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +169,45 @@ def sharded(compressor, tensor, state, links, name, meter, finite, scale=1.0, cr
         reduced = yield from flat(compressor, share, state, links.cross, f"{name}.x", meter, finite, scale)
     whole, = yield [_request("allgather", reduced, links.intra, f"{name}.ag", meter)]
     return whole
+
+
+def matrix_sharded(compressor, tensor, state, links, name, meter, finite, assignment):
+    """Hierarchical exchange of a shape-aware compressor (see the module docstring). ``assignment``:
+    ((offset, numel), ...) of each local rank's matrices in the bucket (``assign_matrices``); ``state``
+    covers this rank's matrices, back to back. ``finite`` as for :func:`sharded`, of the node sum."""
+    ops = compressor.ops
+    node_sum, = yield [_request("allreduce", tensor, links.intra, f"{name}.node", meter)]
+    mine = ops.concat([ops.slice(node_sum, offset, offset + numel) for offset, numel in assignment[links.intra.position]])
+    reduced = yield from flat(compressor, mine, state, links.cross, f"{name}.x", meter, finite)
+    gathered, = yield [_request("allgather", reduced, links.intra, f"{name}.ag", meter)]
+    pieces, start = {}, 0
+    for matrices in assignment:
+        for offset, numel in matrices:
+            pieces[offset] = ops.slice(gathered, start, start + numel)
+            start += numel
+    return ops.concat([pieces[offset] for offset in sorted(pieces)])
+
+
+def assign_matrices(layout, parts):
+    """The bucket's matrices ((offset, shape) per tensor) divided among ``parts`` local ranks, the largest
+    first to the least loaded (ties to the lower rank): per rank, ((offset, numel), ...) in bucket order.
+    None when some rank would get none (the bucket then takes the replicated route)."""
+    if len(layout) < parts:
+        return None
+    loads, owned = [0] * parts, [[] for _ in range(parts)]
+    sizes = [(offset, _numel(shape)) for offset, shape in layout]
+    for offset, numel in sorted(sizes, key=lambda item: (-item[1], item[0])):
+        rank = min(range(parts), key=lambda r: (loads[r], r))
+        loads[rank] += numel
+        owned[rank].append((offset, numel))
+    return tuple(tuple(sorted(matrices)) for matrices in owned)
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def replicated(compressor, tensor, state, links, name, meter, finite):

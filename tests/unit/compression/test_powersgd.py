@@ -124,3 +124,51 @@ def test_a_zero_first_step_does_not_collapse_q(rank):
     runs, _ = run(f"powersgd:{rank}", 6, zero_first=True)
     steps, _ = runs[0]
     assert all(np.abs(m).max() > 0 for step in steps[1:] for m in step)
+
+
+def test_hierarchical_powersgd_divides_the_matrices_among_the_local_ranks():
+    """4 ranks in 2 nodes: each matrix is exchanged between the nodes once, by the local rank that owns it,
+    as PowerSGD over the 2 node sums; the numpy restatement starts from each owner's Q."""
+    size, per_node, steps = 4, 2, 3
+    world = SimulatedWorld(size, per_node)
+    infos = [TensorInfo(f"m{i}", s, "float32", 4) for i, s in enumerate(SHAPES)]
+    initial = {}
+
+    def body(rank):
+        reducer = Reducer(infos, "powersgd:2", TorchOps(), world.transport(rank), world.links(rank, True),
+                          fusion_bytes=1 << 30, average=True, name="psgd")
+        bucket, = reducer.buckets
+        state = reducer._state(bucket, "matrix_sharded")
+        reducer.compressor.prepare(state, torch.zeros(1))
+        initial[rank] = (state.layout, state.memory.clone())
+        out = []
+        for step in range(steps):
+            mine = [torch.from_numpy(g) for g in grads(rank, step, False)]
+            reducer.launch(0, [mine[s.index] for s in bucket.slots])
+            results, _ = reducer.finish()
+            out.append(results[0].numpy().copy())
+            assert dict(reducer.last_stats.routes) == {"matrix_sharded/allreduce": 1}
+        return out, bucket
+
+    runs = world.run(body)
+    bucket = runs[0][1]
+    q0 = {}
+    for rank in range(per_node):  # node 0's local ranks own the matrices (node 1's hold the same Q)
+        layout, memory = initial[rank]
+        offset = 0
+        for _, shape in layout:
+            cols, r = int(np.prod(shape[1:])), min(2, shape[0], int(np.prod(shape[1:])))
+            q0[shape] = memory[offset:offset + cols * r].reshape(cols, r).numpy()
+            offset += cols * r
+    assert len(q0) == len(SHAPES)  # every matrix has an owner
+    model = NumpyPowerSGD([q0[s] for s in SHAPES], 2)
+    for step in range(steps):
+        node_sums = [[sum(grads(r, step, False)[i] / np.float32(size) for r in node) for i in range(len(SHAPES))]
+                     for node in ((0, 1), (2, 3))]
+        expected = model.step(node_sums)
+        for rank in range(size):
+            flat = runs[rank][0][step]
+            for s in bucket.slots:
+                got = flat[s.offset:s.offset + s.numel].reshape(s.shape)
+                np.testing.assert_allclose(got, expected[s.index], rtol=1e-4,
+                                           atol=1e-5 * np.abs(expected[s.index]).max())
