@@ -19,7 +19,8 @@ compressor (:func:`prefer_two_phase`), and what the scale benchmark builds on.
 """
 import dataclasses
 
-__all__ = ["DEFAULT_NETWORK", "Network", "collective_seconds", "payload_bytes", "prefer_two_phase"]
+__all__ = ["DEFAULT_NETWORK", "Network", "bytes_factor", "collective_seconds", "messages", "payload_bytes",
+           "prefer_two_phase"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +44,19 @@ _BYTES = {"allreduce": lambda p: 2 * (p - 1) / p, "reducescatter": lambda p: (p 
           "allgather": lambda p: p - 1, "alltoall": lambda p: (p - 1) / p}
 
 
+def messages(kind, peers):
+    """Messages one rank sends, one after another, in a collective of ``kind`` over ``peers`` ranks."""
+    return _MESSAGES[kind](peers) if peers > 1 else 0
+
+
+def bytes_factor(kind, peers):
+    """Bytes one rank sends per byte of its input (the table above)."""
+    return _BYTES[kind](peers) if peers > 1 else 0.0
+
+
 def collective_seconds(kind, nbytes, peers, network=DEFAULT_NETWORK):
     """Modelled time of one collective of ``kind`` over ``peers`` ranks with ``nbytes`` per rank."""
-    if peers <= 1:
-        return 0.0
-    return _MESSAGES[kind](peers) * network.latency_s + _BYTES[kind](peers) * nbytes / network.bytes_per_s
+    return messages(kind, peers) * network.latency_s + bytes_factor(kind, peers) * nbytes / network.bytes_per_s
 
 
 def payload_bytes(compressor, numel):

@@ -21,7 +21,7 @@ from hvdkit.exchange.options import hierarchical_links
 from hvdkit.exchange.strategies import Link, Request, shares
 from hvdkit.topology import topology_for
 
-__all__ = ["SimulatedWorld"]
+__all__ = ["MirrorTransport", "SimulatedWorld"]
 
 
 class SimulatedWorld:
@@ -210,3 +210,47 @@ class _Transport:
         everyone = Link(tuple(range(self.world.size)), self.world.size, self.rank)
         name = f"object.{next(self._objects)}"
         return self.result(self.start(Request("object", obj, everyone, name)))
+
+
+class MirrorTransport:
+    """One rank of a world in which every rank holds what this one holds.
+
+    Runs the real exchanges of worlds far too large to simulate rank by rank (1,024 ranks) with outputs
+    of the right shapes and plausible values (a sum is ``size`` times this rank's tensor), and records
+    every request it is given: the scale model (:mod:`hvdkit.exchange.scale`) counts each hop's bytes
+    from them. Each request's link says the group size and this rank's position in it.
+    """
+
+    def __init__(self):
+        self.requests = []  # every Request started, in order
+
+    def start(self, request):
+        self.requests.append(request)
+        return _mirrored(request)
+
+    def done(self, output):
+        return True
+
+    def result(self, output):
+        return output
+
+    def allgather_object(self, obj):
+        raise RuntimeError("MirrorTransport has no peers to compare objects with")
+
+
+def _mirrored(request):
+    """This rank's output of ``request`` when every member sent the same tensor."""
+    fw, size, tensor = ops_for(request.tensor), request.link.size, request.tensor
+    if request.kind == "allreduce":
+        return fw.scale(tensor, size * request.scale)
+    if request.kind == "reducescatter":
+        bounds = list(itertools.accumulate([0] + shares(fw.numel(tensor), size)))
+        position = request.link.position
+        return fw.scale(tensor[bounds[position]:bounds[position + 1]], size)
+    if request.kind == "allgather":
+        return fw.concat_rows([fw.reshape(tensor, (-1,)) if len(fw.shape(tensor)) <= 1 else tensor] * size)
+    if request.kind == "alltoall":
+        bounds = list(itertools.accumulate([0] + list(request.splits)))
+        position = request.link.position
+        return fw.concat_rows([tensor[bounds[position]:bounds[position + 1]]] * size)
+    raise ValueError(f"unknown collective {request.kind!r}")
