@@ -37,7 +37,8 @@ def slowest(hvd, seconds):
 
 def measure(name, args, hvd, topology, directory):
     from hvdkit.training import config as train_config
-    from hvdkit.training import torch_loop, torch_models, torch_state
+    from hvdkit.training import metrics, torch_loop, torch_models
+    from hvdkit.training.resume import Position
 
     dataset = "digits" if name == "mlp" else "synthetic"
     config = train_config.TrainConfig(model=name, dataset=dataset, compression=args.compression,
@@ -53,10 +54,10 @@ def measure(name, args, hvd, topology, directory):
 
     saves, loads = [], []
     for i in range(args.repeat):
-        position = torch_state.Position(epoch=0, step=i + 1, global_step=i + 1)
+        position = Position(epoch=0, step=i + 1, global_step=i + 1)
         hvd.barrier()
         started = time.perf_counter()
-        torch_loop.save(config, position, model, optimizer, torch_loop.EpochTotals(), hvd, topology)
+        torch_loop.save(config, position, model, optimizer, metrics.EpochTotals(), hvd, topology)
         saves.append(slowest(hvd, time.perf_counter() - started))
     for _ in range(args.repeat):
         hvd.barrier()

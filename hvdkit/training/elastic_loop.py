@@ -190,7 +190,7 @@ class _Report:
         from hvdkit.training import metrics
 
         if self.writer is None:
-            self.writer = metrics.MetricsWriter(self.config.log_dir)
+            self.writer = metrics.MetricsWriter(self.config.log_dir, "torch")
         self.writer.write(record)
         self.last = record
         print(metrics.format_epoch(record) + f"  ({record['world_size']} ranks)", flush=True)
@@ -206,7 +206,7 @@ class _Report:
 def _attempt(state, config, arrays, commit_every, after_step, report):
     """One attempt: from the synced state to the end, or until the world changes."""
     import hvdkit.torch as hvd
-    from hvdkit.training import torch_loop
+    from hvdkit.training import metrics, torch_loop
 
     x_train, y_train, x_test, y_test = arrays
     topo = state.topology
@@ -222,7 +222,7 @@ def _attempt(state, config, arrays, commit_every, after_step, report):
         after_step(state)
 
     while state.epoch < config.epochs:
-        totals = torch_loop.EpochTotals()  # this attempt's steps of the epoch only
+        totals = metrics.EpochTotals()  # this attempt's steps of the epoch only
         first_step = min(state.samples // per_step, steps)
         torch_loop.train_epoch(state.epoch, first_step, totals, config, state.model, state.optimizer, x_train,
                                y_train, hvd, topo, after_each)

@@ -1,11 +1,14 @@
-"""Where ``hvdkit train`` reports: a progress bar and per-epoch lines on rank 0,
-``metrics.jsonl`` and TensorBoard events in the log directory. Other ranks log
-only warnings and errors, tagged with their rank."""
+"""Where ``hvdkit train`` reports, for both frameworks: what an epoch adds up
+(:class:`EpochTotals`), its record, a progress bar and per-epoch lines on rank
+0, ``metrics.jsonl`` and TensorBoard events in the log directory. Other ranks
+log only warnings and errors, tagged with their rank. Imports no framework:
+the loops pass in their own cross-rank sum and event writer's framework."""
 import json
 import os
 import sys
 import time
-import types
+
+from hvdkit.training import events
 
 
 def rank_tag(rank):
@@ -13,53 +16,96 @@ def rank_tag(rank):
 
 
 class MetricsWriter:
-    """Appends one JSON object per epoch to ``metrics.jsonl`` and mirrors the
-    numeric fields to TensorBoard. Only rank 0 creates one."""
+    """Appends one JSON object per epoch to ``metrics.jsonl`` and mirrors the numeric fields to
+    TensorBoard, through ``framework``'s writer (:mod:`hvdkit.training.events`). Only rank 0 creates one."""
 
-    __slots__ = ("path", "_file", "_tensorboard")
+    __slots__ = ("path", "_file", "_events")
 
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, framework):
         os.makedirs(log_dir, exist_ok=True)
+        self._events = events.open_writer(framework, log_dir)  # None for torch without tensorboard
         self.path = os.path.join(log_dir, "metrics.jsonl")  # one record per epoch
         self._file = open(self.path, "a", buffering=1)
-        self._tensorboard = _tensorboard_writer(log_dir)  # None when tensorboard is absent
 
     def write(self, record):
         record = dict(record, time=time.time())
         self._file.write(json.dumps(record) + "\n")
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "time") and isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(key, value, record["epoch"])
-            self._tensorboard.flush()
+        if self._events is not None:
+            self._events.scalars({key: value for key, value in record.items()
+                                  if key not in ("epoch", "time") and isinstance(value, (int, float))},
+                                 record["epoch"])
 
     def close(self):
         self._file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        if self._events is not None:
+            self._events.close()
 
 
-def _tensorboard_writer(log_dir):
-    if "tensorflow" not in sys.modules:
-        # TensorBoard's writer imports all of TensorFlow (seconds, and its
-        # banners on every rank) unless its documented no-TensorFlow switch,
-        # the module ``tensorboard.compat.notf``, exists.
-        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=log_dir)
+class EpochTotals:
+    """What one epoch accumulates on this rank, summed across ranks at its end (:func:`epoch_record`).
+
+    The torch loop adds each step itself; the Keras loop's callback adds them from ``fit``'s batch
+    hooks. A mid-epoch checkpoint saves it (``to_dict``), so a resumed epoch reports the whole epoch."""
+
+    __slots__ = ("loss_sum", "steps", "samples", "seconds", "bytes_sent", "dense_bytes")
+
+    def __init__(self):
+        self.loss_sum = 0.0  # sum of per-step mean losses
+        self.steps = 0
+        self.samples = 0  # training samples this rank processed
+        self.seconds = 0.0  # wall time in training steps (evaluation excluded)
+        self.bytes_sent = 0  # payload bytes this rank put on the wire
+        self.dense_bytes = 0  # bytes an uncompressed exchange would have sent
+
+    def add_step(self, samples, seconds, traffic, loss=None):
+        """One optimizer step: its samples, wall time, (bytes sent, dense bytes) and mean loss (None
+        where the framework reports a running mean instead: :meth:`set_mean_loss`)."""
+        sent, dense = traffic
+        self.bytes_sent += sent
+        self.dense_bytes += dense
+        self.seconds += seconds
+        if loss is not None:
+            self.loss_sum += loss
+        self.steps += 1
+        self.samples += samples
+
+    def set_mean_loss(self, mean):
+        """The mean loss of the steps so far, as Keras reports it (``logs["loss"]``): the sum it stands for."""
+        self.loss_sum = mean * self.steps
+
+    def to_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, saved):
+        totals = cls()
+        for name in cls.__slots__:
+            setattr(totals, name, saved[name])
+        return totals
 
 
-def epoch_record(epoch, loss, accuracy, sums, size, steps):
-    """An epoch's record from ``sums`` (samples, seconds, bytes sent, dense bytes), each summed over
-    the ``size`` ranks; ``steps`` is one rank's."""
-    samples, seconds, sent, dense = sums
+def step_traffic(local_sgd, stats, model_bytes):
+    """(payload bytes this rank sent, bytes of the dense gradients they replaced) in the last step.
+
+    ``local_sgd``: the step's ``hvdkit.averaging.PeriodicAverager`` or None; ``stats``: the gradient
+    exchange's statistics of the step (None when it sent nothing). A local-SGD step sends nothing, or
+    the fp32 model when it averaged; either way it stands in for one dense gradient exchange."""
+    if local_sgd is not None and local_sgd.steps > local_sgd.warmup_steps:  # the step just taken was local
+        return (model_bytes if local_sgd.last_scope else 0), model_bytes
+    return (stats.bytes_sent, stats.dense_bytes) if stats is not None else (0, 0)
+
+
+def epoch_record(epoch, totals, accuracy, sum_over_ranks, size):
+    """An epoch's record from this rank's ``totals`` and the test ``accuracy``. ``sum_over_ranks(values)``
+    sums a list of floats over the ``size`` ranks (one float64 allreduce, in the loop's framework)."""
+    mean_loss = totals.loss_sum / max(totals.steps, 1)
+    loss, samples, seconds, sent, dense = sum_over_ranks(
+        [mean_loss, totals.samples, totals.seconds, totals.bytes_sent, totals.dense_bytes])
     seconds_per_rank = seconds / size
+    steps = totals.steps
     return {
         "epoch": epoch,
-        "loss": loss,
+        "loss": loss / size,
         "test_accuracy": accuracy,
         "samples_per_sec": samples / seconds_per_rank if seconds_per_rank else 0.0,
         "samples_per_sec_per_rank": samples / seconds_per_rank / size if seconds_per_rank else 0.0,

@@ -10,7 +10,8 @@ averaged across ranks; rank 0 prints and logs them.
 With ``--checkpoint DIR`` every rank saves its state at each epoch's end (and
 every ``--checkpoint-every`` steps), and a rerun resumes from the newest save
 at the exact sample where it stopped, computing the same bits as a run that
-never stopped (:mod:`hvdkit.training.torch_state` says what is saved).
+never stopped (:mod:`hvdkit.training.torch_state` says what is saved; the files are
+written through ``torch.save``, :mod:`hvdkit.state.torch_codec`).
 """
 import time
 
@@ -18,34 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from hvdkit import averaging
-from hvdkit.state import checkpoint
 from hvdkit.data import sharding
+from hvdkit.state.torch_codec import CODEC
 from hvdkit.training import data as datasets
-from hvdkit.training import metrics, torch_models, torch_state
-
-
-class EpochTotals:
-    """What one epoch accumulates on this rank, summed across ranks at its end."""
-
-    __slots__ = ("loss_sum", "steps", "samples", "seconds", "bytes_sent", "dense_bytes")
-
-    def __init__(self):
-        self.loss_sum = 0.0  # sum of per-step mean losses
-        self.steps = 0
-        self.samples = 0  # training samples this rank processed
-        self.seconds = 0.0  # wall time in training steps (evaluation excluded)
-        self.bytes_sent = 0  # payload bytes this rank put on the wire
-        self.dense_bytes = 0  # bytes an uncompressed exchange would have sent
-
-    def to_dict(self):
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    @classmethod
-    def from_dict(cls, saved):
-        totals = cls()
-        for name in cls.__slots__:
-            setattr(totals, name, saved[name])
-        return totals
+from hvdkit.training import local_sgd, metrics, resume, torch_models, torch_state
+from hvdkit.training.metrics import EpochTotals
+from hvdkit.training.resume import Position
 
 
 def batches(indices, batch_size):
@@ -70,25 +49,9 @@ def make_optimizer(config, model, hvd, topology):
     post-local SGD: ``--average-warmup`` synchronous steps, then local steps with the model
     averaged every H steps."""
     base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    local_sgd = None
-    if config.average_every:
-        local_sgd = averaging.PeriodicAverager(period=config.average_every, warmup_steps=config.average_warmup,
-                                               hvd=hvd, topology=topology)
     return hvd.DistributedOptimizer(base, named_parameters=model.named_parameters(),
                                     compression=config.compression, hierarchical=config.hierarchical,
-                                    local_sgd=local_sgd)
-
-
-def step_traffic(optimizer, model_bytes):
-    """(payload bytes this rank sent, bytes of the dense gradients they replaced) in the last step.
-
-    A local-SGD step sends nothing, or the fp32 model when it averaged; either way it stands in
-    for one dense gradient exchange."""
-    local_sgd = optimizer.local_sgd
-    if local_sgd is not None and local_sgd.steps > local_sgd.warmup_steps:  # the step just taken was local
-        return (model_bytes if local_sgd.last_scope else 0), model_bytes
-    stats = optimizer.last_step_stats
-    return (stats.bytes_sent, stats.dense_bytes) if stats is not None else (0, 0)
+                                    local_sgd=local_sgd.averager(config, hvd, topology))
 
 
 def steps_per_epoch(config, train_samples, topology):
@@ -109,36 +72,27 @@ def train_epoch(epoch, first_step, totals, config, model, optimizer, x, y, hvd, 
         loss = F.cross_entropy(model(x[batch]), y[batch])
         loss.backward()
         optimizer.step()
-        sent, dense = step_traffic(optimizer, model_bytes)
-        totals.bytes_sent += sent
-        totals.dense_bytes += dense
-        totals.seconds += time.perf_counter() - started
-        totals.loss_sum += loss.item()
-        totals.steps += 1
-        totals.samples += len(batch)
+        traffic = metrics.step_traffic(optimizer.local_sgd, optimizer.last_step_stats, model_bytes)
+        totals.add_step(len(batch), time.perf_counter() - started, traffic, loss=loss.item())
         after_each(step)
     return totals
 
 
 def epoch_record(epoch, totals, accuracy, hvd, topology):
-    summed = hvd.allreduce(torch.tensor([totals.loss_sum / max(totals.steps, 1), totals.samples,
-                                         totals.seconds, totals.bytes_sent, totals.dense_bytes],
-                                        dtype=torch.float64), op=hvd.Sum, name="hvdkit.cli.train.epoch")
-    loss, *sums = summed.tolist()
-    return metrics.epoch_record(epoch, loss / topology.size, accuracy, sums, topology.size, totals.steps)
+    def sum_over_ranks(values):
+        return hvd.allreduce(torch.tensor(values, dtype=torch.float64), op=hvd.Sum,
+                             name="hvdkit.cli.train.epoch").tolist()
+
+    return metrics.epoch_record(epoch, totals, accuracy, sum_over_ranks, topology.size)
 
 
 def restore(config, model, optimizer, hvd, topology):
     """Every rank loads its state from the newest checkpoint: (Position, totals of the epoch in
     progress or None), or None when there is no checkpoint to resume from."""
-    if not config.checkpoint:
-        return None
-    found = checkpoint.load_sharded(config.checkpoint, topology.rank, topology.size,
-                                    _allgather(hvd, "hvdkit.state.checkpoint.load"))
+    found = resume.load(config, CODEC, hvd, topology)
     if found is None:
         return None
-    _, shared, local = found
-    position, totals = torch_state.restore(shared, local, config, model, optimizer)
+    position, totals = torch_state.restore(*found, config, model, optimizer)
     return position, (None if totals is None else EpochTotals.from_dict(totals))
 
 
@@ -146,13 +100,7 @@ def save(config, position, model, optimizer, totals, hvd, topology):
     """Collective: every rank writes its file of the checkpoint at ``position``."""
     shared, local = torch_state.capture(config, model, optimizer, position,
                                         None if totals is None else totals.to_dict(), topology.size)
-    checkpoint.save_sharded(config.checkpoint, position.global_step, topology.rank, local,
-                            _allgather(hvd, "hvdkit.state.checkpoint.save"),
-                            shared=shared if topology.rank == 0 else None)
-
-
-def _allgather(hvd, name):
-    return lambda obj: hvd.allgather_object(obj, name=name)
+    resume.save(config, position, shared, local, CODEC, hvd, topology)
 
 
 def train(config, after_step=None):
@@ -173,12 +121,12 @@ def train(config, after_step=None):
     optimizer = make_optimizer(config, model, hvd, topology)
     resumed = restore(config, model, optimizer, hvd, topology)
     if resumed is None:
-        position, resumed_totals = torch_state.Position(), None
+        position, resumed_totals = Position(), None
         hvd.broadcast_state(model, optimizer, root_rank=0)
     else:  # each rank loaded its own state (per-rank in local SGD): check, do not overwrite
         position, resumed_totals = resumed
         hvd.check_model(model)
-    writer = metrics.MetricsWriter(config.log_dir) if topology.rank == 0 else None
+    writer = metrics.MetricsWriter(config.log_dir, "torch") if topology.rank == 0 else None
     if topology.rank == 0:
         print(f"hvdkit train: {config.model} on {config.dataset} ({dataset.describe()}), "
               f"{topology.size} ranks on {topology.num_nodes} node(s), compression {config.compression}"
@@ -210,7 +158,7 @@ def train(config, after_step=None):
             averaging.average_parameters(list(model.parameters()), "world", hvd, topology)
         accuracy = evaluate(model, x_test, y_test, hvd, topology)
         record = epoch_record(epoch, totals, accuracy, hvd, topology)
-        position = torch_state.Position(epoch + 1, 0, position.global_step)
+        position = Position(epoch + 1, 0, position.global_step)
         if config.checkpoint:
             save(config, position, model, optimizer, None, hvd, topology)
         if writer is not None:

@@ -7,6 +7,7 @@ error-feedback residuals and PowerSGD factors, the RNG states, buffers such as B
 (computed from each rank's own batches), the running totals of the epoch in progress, and, once
 post-local SGD steps locally, the parameters and optimizer state too. Restoring all of it makes the
 resumed run compute the same bits as one that never stopped (same world size and thread count).
+The format, position and flag checks are :mod:`hvdkit.training.resume`'s, shared with TensorFlow.
 """
 import dataclasses
 import random
@@ -15,22 +16,7 @@ import numpy as np
 import torch
 
 from hvdkit.state.checkpoint import CheckpointError
-
-FORMAT = 1
-
-# Flags whose change would make the saved state mean something else (the data position, the
-# optimizer's hyperparameters restored from the checkpoint, the exchange state's layout).
-MUST_MATCH = ("model", "dataset", "seed", "batch_size", "lr", "momentum", "compression", "hierarchical",
-              "ranks_per_node", "average_every", "average_warmup")
-
-
-@dataclasses.dataclass
-class Position:
-    """Where training stands: the next step is step ``step`` of epoch ``epoch``."""
-
-    epoch: int = 0
-    step: int = 0  # steps of ``epoch`` already taken
-    global_step: int = 0  # optimizer steps since the start of training (names the checkpoint)
+from hvdkit.training.resume import FORMAT, check_saved
 
 
 def seed_everything(seed):
@@ -50,8 +36,9 @@ def set_rng_state(state):
 
 
 def capture(config, model, optimizer, position, totals, world_size):
-    """(shared payload, this rank's payload) of the current training state. ``totals``: a dict of
-    the epoch in progress (None at an epoch boundary). Tensors are the live ones: serialise at once."""
+    """(shared payload, this rank's payload) of the current training state at ``position`` (a
+    :class:`hvdkit.training.resume.Position`). ``totals``: a dict of the epoch in progress (None at an
+    epoch boundary). Tensors are the live ones: serialise at once."""
     state = model.state_dict()
     parameter_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     optimizer_state = optimizer.state_dict()
@@ -67,22 +54,9 @@ def capture(config, model, optimizer, position, totals, world_size):
     return shared, local
 
 
-def check_config(saved, config, directory):
-    """Refuse to resume under flags that change what the saved state means, naming the flag."""
-    for name in MUST_MATCH:
-        before, now = saved.get(name), getattr(config, name)
-        if before != now:
-            flag = "--" + name.replace("_", "-")
-            raise CheckpointError(f"the checkpoint in {directory!r} was saved with {flag} {before}, this run has "
-                                  f"{flag} {now}: resume with the same value, or use a new --checkpoint directory")
-
-
 def restore(shared, local, config, model, optimizer):
     """Put a checkpoint's state back; returns (Position, totals dict of the epoch in progress or None)."""
-    if shared.get("format") != FORMAT:
-        raise CheckpointError(f"the checkpoint in {config.checkpoint!r} has format {shared.get('format')!r}; "
-                              f"this hvdkit reads format {FORMAT}")
-    check_config(shared["config"], config, config.checkpoint)
+    position = check_saved(shared, config)
     holder = local if "parameters" in local else shared
     try:
         model.load_state_dict({**holder["parameters"], **local["buffers"]})
@@ -93,4 +67,4 @@ def restore(shared, local, config, model, optimizer):
         optimizer_state["hvdkit"] = local["exchange"]
     optimizer.load_state_dict(optimizer_state)
     set_rng_state(local["rng"])
-    return Position(**shared["position"]), local["totals"]
+    return position, local["totals"]

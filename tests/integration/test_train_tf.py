@@ -1,9 +1,13 @@
 """``hvdkit train --framework tensorflow``: the Keras path trains for real on 2
-ranks like one process with the global batch, writes the torch path's metrics,
-resumes exactly where its checkpoint left off (error-feedback state included),
-and runs post-local SGD."""
+ranks like one process with the global batch, writes the torch path's metrics
+(TensorBoard events through ``tf.summary``), resumes exactly where its
+``tf.train.Checkpoint`` files left off (error-feedback state included), runs
+post-local SGD, and never imports torch in any rank."""
+import sys
+import textwrap
+
 import pytest
-from test_train import final_accuracy, train
+from test_train import final_accuracy, read_metrics, train
 
 TF = ["--framework", "tensorflow"]
 DENSE_EPOCHS = 20
@@ -53,20 +57,48 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(hvdkit_cli, tmp_
 
 
 def test_resume_continues_exactly_after_the_last_checkpoint(hvdkit_cli, tmp_path):
-    """topk keeps per-rank error-feedback residuals: the resumed epoch matches an uninterrupted run
-    only if weights, momentum, step counters and every rank's residuals all came back."""
+    """topk keeps per-rank error-feedback residuals: the resumed epoch matches an uninterrupted run,
+    and ends with its state bit for bit, only if weights, momentum, step counters and every rank's
+    residuals all came back."""
     flags = [*TF, "--compression", "topk:0.01"]
-    _, straight = train(hvdkit_cli, tmp_path / "straight", *flags, "--epochs", "2")
+    _, straight = train(hvdkit_cli, tmp_path / "straight", *flags, "--epochs", "2",
+                        "--checkpoint", str(tmp_path / "straight-ckpt"))
     checkpoints, logs = tmp_path / "ckpt", tmp_path / "logs"
     train(hvdkit_cli, logs, *flags, "--epochs", "1", "--checkpoint", str(checkpoints))
     steps = -(-(DIGITS_TRAIN // 2) // 32)
     assert (checkpoints / "latest").read_text().split()[::2] == [  # named by step; one file per rank too
-        f"ckpt-{steps:08d}.pt", f"ckpt-{steps:08d}.rank-00000.pt", f"ckpt-{steps:08d}.rank-00001.pt"]
+        f"ckpt-{steps:08d}.tfckpt", f"ckpt-{steps:08d}.rank-00000.tfckpt", f"ckpt-{steps:08d}.rank-00001.tfckpt"]
     _, records = train(hvdkit_cli, logs, *flags, "--epochs", "2", "--checkpoint", str(checkpoints))
     assert [r["epoch"] for r in records] == [0, 1]  # the second run added epoch 1 only
     assert records[1]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-5)
     assert records[1]["test_accuracy"] == pytest.approx(straight[1]["test_accuracy"], abs=1.5 / 359)
     assert records[1]["compression_ratio"] > 10
+    reference, resumed = final_state(tmp_path / "straight-ckpt"), final_state(checkpoints)
+    assert resumed.keys() == {"tfckpt", "rank-00000.tfckpt", "rank-00001.tfckpt"}
+    assert resumed["tfckpt"]["position"] == {"epoch": 2, "step": 0, "global_step": 2 * steps}
+    assert all(bucket["residual"] is not None for rank in (0, 1)
+               for bucket in resumed[f"rank-0000{rank}.tfckpt"]["exchange"]["buckets"].values())
+    assert resumed == reference  # weights, momentum, step counters, every rank's residuals: bit for bit
+
+
+def final_state(directory):
+    """{file role: payload} of the newest save, read with the TensorFlow codec, each tensor as
+    (dtype, shape, bytes); without the configuration, which names the run's directories."""
+    from hvdkit.state import checkpoint
+    from hvdkit.state.tf_codec import CODEC
+
+    def bits(value):
+        if isinstance(value, dict):
+            return {key: bits(item) for key, item in value.items() if key != "config"}
+        if isinstance(value, (list, tuple)):
+            return [bits(item) for item in value]
+        if hasattr(value, "numpy"):
+            array = value.numpy()
+            return array.dtype.str, array.shape, array.tobytes()
+        return value
+
+    return {name.split(".", 1)[1]: bits(CODEC.loads((directory / name).read_bytes()))
+            for name, _ in checkpoint.read_pointer(directory)}
 
 
 def test_post_local_sgd_is_synchronous_for_its_warmup_then_local_with_periodic_averaging(hvdkit_cli, tmp_path,
@@ -94,3 +126,59 @@ def test_post_local_sgd_is_synchronous_for_its_warmup_then_local_with_periodic_a
     assert [r["epoch"] for r in resumed] == [0, 1]
     assert resumed[1]["loss"] == pytest.approx(records[1]["loss"], rel=1e-5)
     assert resumed[1]["bytes_per_step"] == records[1]["bytes_per_step"]
+
+
+# Each rank runs the train entry point itself, then reports what its own process imported.
+TRAIN_THEN_CHECK = textwrap.dedent("""
+    import os, sys
+    from hvdkit.cli import main
+    code = main.main(["train", *sys.argv[1:]])
+    rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK"))
+    imported = sorted(name for name in sys.modules if name == "torch" or name.startswith("torch."))
+    if code != 0 or imported:
+        sys.exit(f"rank {rank}: exit code {code}, torch modules imported: {imported[:5]}")
+    print(f"rank {rank}: trained with tensorflow={'tensorflow' in sys.modules}, without torch", flush=True)
+""")
+
+
+def train_in_checked_ranks(hvdkit_cli, log_dir, *flags):
+    result = hvdkit_cli(["run", "-np", "2", "--", sys.executable, "-c", TRAIN_THEN_CHECK, *TF,
+                         "--log-dir", str(log_dir), *flags], timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: trained with tensorflow=True, without torch" in result.stdout, result.stdout[-3000:]
+    return result
+
+
+def event_scalars(log_dir):
+    """{(tag, epoch): value} of every scalar in the run's event files, read with TensorFlow's own reader."""
+    import tensorflow as tf
+
+    found = {}
+    for path in log_dir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
+    return found
+
+
+def test_no_rank_imports_torch_while_training_checkpointing_resuming_and_logging(hvdkit_cli, tmp_path):
+    """A first run saves at the end of epoch 0, a second resumes and saves epoch 1: both in rank
+    processes that must end with no torch module loaded. The events hold every record's scalars."""
+    checkpoints, logs = tmp_path / "ckpt", tmp_path / "logs"
+    flags = ["--checkpoint", str(checkpoints), "--compression", "topk:0.01"]
+    train_in_checked_ranks(hvdkit_cli, logs, *flags, "--epochs", "1")
+    resumed = train_in_checked_ranks(hvdkit_cli, logs, *flags, "--epochs", "2")
+    steps = -(-(DIGITS_TRAIN // 2) // 32)
+    assert f"resuming from {checkpoints} at step {steps} " in resumed.stdout
+    assert (checkpoints / "latest").read_text().split()[0] == f"ckpt-{2 * steps:08d}.tfckpt"
+    records = read_metrics(logs)
+    assert [r["epoch"] for r in records] == [0, 1]
+    scalars = event_scalars(logs)
+    expected = {(key, r["epoch"]): r[key] for r in records for key in r
+                if key not in ("epoch", "time") and isinstance(r[key], (int, float))}
+    assert {"loss", "test_accuracy", "bytes_per_step", "compression_ratio"} <= {tag for tag, _ in expected}
+    assert scalars.keys() == expected.keys()
+    for key, value in expected.items():
+        assert scalars[key] == pytest.approx(value, rel=1e-6), key
+    assert all(scalars["loss", epoch] > 0 for epoch in (0, 1))

@@ -12,6 +12,7 @@ from hvdkit.state.checkpoint import CheckpointError
 from hvdkit.errors import UsageError
 from hvdkit.training import config as train_config
 from hvdkit.training import torch_state
+from hvdkit.training.resume import Position
 
 
 class FakeDistributedOptimizer(torch.optim.SGD):
@@ -55,7 +56,7 @@ def test_shared_and_per_rank_state_round_trip_bit_for_bit():
     config = train_config.TrainConfig(checkpoint="ckpt")
     model, optimizer = build()
     train_a_step(model, optimizer)
-    position = torch_state.Position(epoch=1, step=3, global_step=26)
+    position = Position(epoch=1, step=3, global_step=26)
     shared, local = torch_state.capture(config, model, optimizer, position, {"loss_sum": 1.5}, world_size=2)
     assert set(shared) == {"format", "position", "world_size", "config", "parameters", "optimizer"}
     assert set(local) == {"exchange", "rng", "totals", "buffers"}
@@ -80,7 +81,7 @@ def test_shared_and_per_rank_state_round_trip_bit_for_bit():
 def test_local_steps_put_parameters_and_momentum_in_each_ranks_file():
     model, optimizer = build(local_phase=True)
     train_a_step(model, optimizer)
-    shared, local = torch_state.capture(train_config.TrainConfig(), model, optimizer, torch_state.Position(),
+    shared, local = torch_state.capture(train_config.TrainConfig(), model, optimizer, Position(),
                                         None, world_size=2)
     assert "parameters" not in shared and "optimizer" not in shared
     assert set(local["parameters"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
@@ -98,7 +99,7 @@ def test_local_steps_put_parameters_and_momentum_in_each_ranks_file():
 def test_a_changed_flag_is_refused_by_name(flag, value, message):
     model, optimizer = build()
     shared, local = torch_state.capture(train_config.TrainConfig(checkpoint="ckpt"), model, optimizer,
-                                        torch_state.Position(), None, world_size=2)
+                                        Position(), None, world_size=2)
     changed = train_config.TrainConfig(checkpoint="ckpt", **{flag: value})
     with pytest.raises(CheckpointError, match=f"checkpoint in 'ckpt' {message}: resume with the same value"):
         torch_state.restore(shared, local, changed, *build())
@@ -107,7 +108,7 @@ def test_a_changed_flag_is_refused_by_name(flag, value, message):
 def test_more_epochs_may_be_added_on_resume():
     model, optimizer = build()
     shared, local = torch_state.capture(train_config.TrainConfig(epochs=2), model, optimizer,
-                                        torch_state.Position(epoch=2), None, world_size=2)
+                                        Position(epoch=2), None, world_size=2)
     position, _ = torch_state.restore(shared, local, train_config.TrainConfig(epochs=4), *build())
     assert position.epoch == 2
 
@@ -115,12 +116,21 @@ def test_more_epochs_may_be_added_on_resume():
 def test_another_model_or_format_is_refused():
     model, optimizer = build()
     config = train_config.TrainConfig(checkpoint="ckpt")
-    shared, local = torch_state.capture(config, model, optimizer, torch_state.Position(), None, world_size=2)
+    shared, local = torch_state.capture(config, model, optimizer, Position(), None, world_size=2)
     wider = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5))
     with pytest.raises(CheckpointError, match="(?s)checkpoint in 'ckpt' does not fit this model: .*size mismatch for 0.weight"):
         torch_state.restore(shared, local, config, wider, FakeDistributedOptimizer(wider.parameters()))
     with pytest.raises(CheckpointError, match="has format 0; this hvdkit reads format 1"):
         torch_state.restore(dict(shared, format=0), local, config, *build())
+
+
+def test_a_checkpoint_of_the_other_framework_is_refused_by_name():
+    model, optimizer = build()
+    saved = train_config.TrainConfig(checkpoint="ckpt", framework="tensorflow")
+    shared, local = torch_state.capture(saved, model, optimizer, Position(), None, world_size=2)
+    with pytest.raises(CheckpointError, match="checkpoint in 'ckpt' was written by hvdkit train --framework "
+                                              "tensorflow, this run has --framework torch"):
+        torch_state.restore(shared, local, train_config.TrainConfig(checkpoint="ckpt"), *build())
 
 
 def _through_torch_save(payload):
