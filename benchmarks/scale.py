@@ -97,30 +97,36 @@ def row_line(r):
             f"{r['predicted_ms']:.1f} |")
 
 
-def plot(rows, path):
+ROUTE_STYLES = {"ring": "-", "allreduce": "-", "allgather": "--", "two_phase": "-.", "hierarchical": ":"}
+
+
+def plot(rows, path, ranks_per_node):
+    """Bytes (left) and modelled communication time (right) per rank: colour by compression, line by route."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    series = {}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    series, colours = {}, {}
     for r in rows:
         series.setdefault((r["compression"], r["route"]), []).append(r)
-    for (spec, route), points in sorted(series.items()):
+        colours.setdefault(r["compression"], f"C{len(colours)}")
+    for (spec, route), points in series.items():
         ranks = [p["ranks"] for p in points]
-        style = "-" if route in ("two_phase", "hierarchical", "ring") else "--"
-        left.plot(ranks, [p["bytes_per_rank"] / 1e6 for p in points], style, marker=".", label=f"{spec} {route}")
-        right.plot(ranks, [p["comm_ms"] for p in points], style, marker=".", label=f"{spec} {route}")
+        style = dict(linestyle=ROUTE_STYLES[route], color=colours[spec], marker=".", label=f"{spec} {route}")
+        left.plot(ranks, [p["bytes_per_rank"] / 1e6 for p in points], **style)
+        right.plot(ranks, [p["comm_ms"] for p in points], **style)
     for axis, label in ((left, "MB sent + received per rank"), (right, "modelled communication ms")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("ranks")
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
-    right.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"one exchange of {rows[0]['numel']:,} float32 values, {rows[0]['ranks_per_node']} ranks per node, "
-                 f"{rows[0]['link_gbit']:g} Gbit/s between nodes")
+    right.legend(fontsize=6, ncol=2, loc="upper left")
+    fig.suptitle(f"one exchange of {rows[0]['numel']:,} float32 values; nodes of {ranks_per_node} ranks, "
+                 f"{rows[0]['link_gbit']:g} Gbit/s and {rows[0]['latency_us']:g} us between them "
+                 "(line: - ring/allreduce, -- allgather, -. two-phase, : hierarchical)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -136,7 +142,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     if args.png:
-        plot(rows, args.png)
+        plot(rows, args.png, args.ranks_per_node)
     return 0
 
 
