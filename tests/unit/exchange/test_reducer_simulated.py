@@ -86,7 +86,11 @@ def test_every_rank_gets_the_same_result_and_it_approximates_the_mean(spec, hier
     exact = [sum(mean_grads(size, s)[i] for s in range(4)) for i in range(len(SHAPES))]
     rel = torch.cat([(a - e).flatten() for a, e in zip(applied, exact)]).norm() / torch.cat(
         [e.flatten() for e in exact]).norm()
-    assert rel < (0.02 if spec in ("fp16", "bf16") else 1.2), rel
+    # Bounds from this data (4 ranks, 4 steps): what error feedback has not yet sent stays below these
+    # fractions of the exact sum; an all-zero result (rel = 1) fails every one of them.
+    bound = {"fp16": 0.002, "bf16": 0.005, "int8:64": 0.02, "onebit,block=64": 0.5, "topk:0.1": 0.7,
+             "topk:0.1,approx=1": 0.7, "randomk:0.2": 0.85, "powersgd:2": 0.9}[spec]
+    assert rel < bound, rel
 
 
 def test_hierarchical_sharded_state_covers_this_ranks_share_only():
