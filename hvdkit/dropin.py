@@ -6,12 +6,14 @@ Horovod's own object (:func:`export_horovod_names`, run at the end of each
 drop-in's ``__init__``). ``init`` starts Horovod through hvdkit's topology so
 the node process sets exist (:func:`init`).
 """
+import importlib
+import importlib.util
 import inspect
 import pkgutil
 
 from hvdkit import topology as _topology
 
-__all__ = ["export_horovod_names", "horovod_public_names", "init"]
+__all__ = ["export_horovod_names", "horovod_attribute", "horovod_public_names", "init"]
 
 
 def _foreign(value):
@@ -25,8 +27,7 @@ def _foreign(value):
 
 def horovod_public_names(horovod):
     """The names of Horovod module ``horovod`` a script may use: public, and Horovod's own."""
-    return {name for name, value in vars(horovod).items()
-            if not name.startswith("_") and not _foreign(value) and name != "is_version_greater_equal_than"}
+    return {name for name, value in vars(horovod).items() if not name.startswith("_") and not _foreign(value)}
 
 
 def export_horovod_names(horovod, namespace, excluded=()):
@@ -43,6 +44,17 @@ def export_horovod_names(horovod, namespace, excluded=()):
     for name in copied:
         namespace[name] = getattr(horovod, name)
     return copied
+
+
+def horovod_attribute(horovod, module_name, name):
+    """A drop-in's module ``__getattr__``: its own submodule of that name (imported now, e.g.
+    ``hvdkit.tensorflow.keras``), else Horovod's attribute, looked up when asked, so what Horovod gains
+    later (a submodule imported after the drop-in was) is answered too."""
+    if importlib.util.find_spec(f"{module_name}.{name}") is not None:
+        return importlib.import_module(f"{module_name}.{name}")
+    if not name.startswith("_") and hasattr(horovod, name):
+        return getattr(horovod, name)
+    raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
 
 
 def init(horovod, module_name, args, kwargs):

@@ -43,7 +43,7 @@ def __getattr__(name):
         from hvdkit.tensorflow.keras import DistributedOptimizer
 
         return DistributedOptimizer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _dropin.horovod_attribute(_horovod, __name__, name)
 
 
 _dropin.export_horovod_names(_horovod, globals(), excluded=("DistributedOptimizer",))

@@ -14,7 +14,8 @@ from hvdkit import dropin as _dropin
 from hvdkit import topology as _topology
 from hvdkit.compression.horovod_names import namespace as _compression_namespace
 from hvdkit.exchange.options import DEFAULT_FUSION_MB  # noqa: F401
-from hvdkit.torch.optimizer import DistributedOptimizer  # noqa: F401
+from hvdkit.torch import elastic  # noqa: F401  (hvd.elastic: Horovod's elastic API with hvdkit's state)
+from hvdkit.torch.distributed_optimizer import DistributedOptimizer  # noqa: F401
 from hvdkit.torch.state_sync import broadcast_optimizer_state, broadcast_state, check_model  # noqa: F401
 
 Compression = _compression_namespace(_horovod)
@@ -29,5 +30,10 @@ def init(*args, **kwargs):
 
 
 topology = _topology.current
+
+
+def __getattr__(name):
+    return _dropin.horovod_attribute(_horovod, __name__, name)
+
 
 _dropin.export_horovod_names(_horovod, globals())

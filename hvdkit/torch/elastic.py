@@ -291,3 +291,15 @@ def run(func):
         return func(state, *args, **kwargs)
 
     return hvd.elastic.run(attempt)
+
+
+def _export_horovod_elastic():
+    """``hvd.elastic.TorchState``, ``ElasticSampler``, ... keep working with ``import hvdkit.torch as hvd``."""
+    import horovod.torch.elastic as horovod_elastic
+
+    from hvdkit import dropin
+
+    dropin.export_horovod_names(horovod_elastic, globals())
+
+
+_export_horovod_elastic()

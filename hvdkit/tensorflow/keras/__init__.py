@@ -18,3 +18,10 @@ from hvdkit.tensorflow.keras.saving import load_model  # noqa: F401
 
 # Horovod's ``elastic`` Keras state relies on Keras 2: not exported.
 _dropin.export_horovod_names(_horovod, globals(), excluded=("elastic",))
+
+
+def __getattr__(name):
+    if name == "elastic":
+        raise AttributeError("hvdkit.tensorflow.keras has no 'elastic' yet: Horovod's Keras elastic state relies "
+                             "on Keras 2; use hvdkit.torch's elastic training, or Horovod elastic with a tf.function loop")
+    return _dropin.horovod_attribute(_horovod, __name__, name)

@@ -10,7 +10,7 @@ import torch
 
 import hvdkit.torch as hvdkit_torch
 from hvdkit.exchange.consistency import ranks_text
-from hvdkit.torch import optimizer as optimizer_module
+from hvdkit.torch import distributed_optimizer as optimizer_module
 from optimizer_support import FUSION_MB, LR, batch, loss_of, make_model
 
 pytestmark = pytest.mark.timeout(90)  # a hang fails here; the tests themselves want seconds
