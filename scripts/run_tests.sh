@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
 # The whole test suite, in the order that fails fastest: single-process unit
 # tests, then tests that start launchers from one process, then the tests that
-# run inside every rank under mpirun and horovodrun.
+# run inside every rank under mpirun and horovodrun. Every stage prints its
+# slowest tests and the reason of every skip; a summary of the stages' wall
+# times (and the parallel launches') ends the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 activate_venv
 
+durations="${HVDKIT_TEST_DURATIONS:-10}"
+export HVDKIT_TEST_DURATIONS="$durations"  # the parallel launches list theirs too
 passed=0
 failed=0
+summary=()
 stage() {  # name, command...
   local name="$1"; shift
   echo "=== stage: $name"
-  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "=== stage FAILED: $name" >&2; fi
+  local start=$SECONDS status=passed
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); status=FAILED; echo "=== stage FAILED: $name" >&2; fi
+  summary+=("$(printf '%5d s  %-6s  %s' $((SECONDS - start)) "$status" "$name")")
 }
 
-stage unit python -m pytest -q tests/unit
-stage integration python -m pytest -q tests/integration
-stage parallel bash scripts/run_parallel_tests.sh
+launches="$(mktemp)"  # the parallel script writes its launches' times here
+trap 'rm -f "$launches"' EXIT
+start_all=$SECONDS
+stage unit python -m pytest -q --durations="$durations" tests/unit
+stage integration python -m pytest -q --durations="$durations" tests/integration
+HVDKIT_TEST_LAUNCH_SUMMARY="$launches" stage parallel bash scripts/run_parallel_tests.sh
+echo "=== stages (wall time):"
+printf '  %s\n' "${summary[@]}"
+sed 's/^/           /' "$launches"
+printf '  %5d s  total\n' $((SECONDS - start_all))
 echo "stages: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -4,6 +4,7 @@
 under ``mpirun`` or ``horovodrun``; each rank runs the same tests and asserts on
 its own results. Non-zero ranks print only failures, so the log stays readable.
 """
+import importlib
 import os
 
 import pytest
@@ -17,10 +18,44 @@ def launcher_rank():
     return 0
 
 
+# The number of nodes this launch must see (scripts/run_parallel_tests.sh sets it on every launch).
+ENV_EXPECT_NODES = "HVDKIT_TEST_EXPECT_NODES"
+
+
 def pytest_configure(config):
     if launcher_rank() != 0:
+        # Rank 0 reports skips and durations: every rank runs the same tests (a test skipped on some
+        # ranks only would leave the others waiting in a collective), so the others report failures only.
         config.option.verbose = -1
         config.option.reportchars = "fE"
+        config.option.durations = None
+
+
+def pytest_collection_finish(session):
+    """With HVDKIT_TEST_EXPECT_NODES=N, fail the session before any test unless the ranks see N nodes.
+
+    The hierarchical tests skip where there is one node; in the launch that emulates two
+    (HVDKIT_RANKS_PER_NODE=2 at -np 4) a layout that did not take effect would otherwise turn them
+    all into skips and the launch would still pass.
+    """
+    expected = os.environ.get(ENV_EXPECT_NODES, "").strip()
+    if not expected or session.config.option.collectonly:
+        return
+    try:
+        expected = int(expected)
+    except ValueError:
+        raise pytest.UsageError(f"{ENV_EXPECT_NODES}={expected!r} must be a number of nodes") from None
+    folders = sorted({item.path.parent.name for item in session.items} & set(_FRAMEWORK_OF_FOLDER))
+    if not folders:
+        return
+    from hvdkit import topology
+
+    topo = topology.init(importlib.import_module(_FRAMEWORK_OF_FOLDER[folders[0]]))
+    if topo.num_nodes != expected:
+        pytest.exit(f"rank {topo.rank}: this launch expects {expected} node(s) ({ENV_EXPECT_NODES}={expected}) but "
+                    f"the ranks see {topo.num_nodes}: nodes {[list(n) for n in topo.nodes]}, "
+                    f"{topology.ENV_RANKS_PER_NODE}={os.environ.get(topology.ENV_RANKS_PER_NODE)!r}; "
+                    f"the tests that need several nodes would skip", returncode=pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +87,6 @@ _FRAMEWORK_OF_FOLDER = {"torch": "horovod.torch", "tensorflow": "horovod.tensorf
 def hvd(request):
     """The Horovod module of the test's folder (torch/ or tensorflow/),
     initialised through ``hvdkit.topology.init`` so hvdkit's process sets exist."""
-    import importlib
-
     from hvdkit import topology
 
     folder = request.path.parent.name

@@ -3,13 +3,11 @@ holds no tests). Each op is run eagerly and inside a tf.function traced with
 unknown shapes, and compared bit for bit with its TensorFlow reference and
 with the torch op of hvdkit.ops on the same inputs."""
 import numpy as np
-import pytest
+import tensorflow as tf
+import torch
 
-tf = pytest.importorskip("tensorflow")
-torch = pytest.importorskip("torch")
-
-from hvdkit.kernels import torch_reference as torch_ref  # noqa: E402
-from hvdkit.kernels import tf_ops as ops  # noqa: E402
+from hvdkit.kernels import torch_reference as torch_ref
+from hvdkit.kernels import tf_ops as ops
 
 SIZES = [0, 1, 7, 1023, 2**20 + 3]
 FLOATS = [tf.float32, tf.float16, tf.bfloat16]

@@ -1,4 +1,7 @@
-"""hvdkit's DistributedOptimizer against horovod.torch.DistributedOptimizer on the same ranks."""
+"""hvdkit's DistributedOptimizer against horovod.torch.DistributedOptimizer on the same ranks.
+
+(Its refusal of hvdkit compressors with op=Adasum, checked before any collective, is a unit test:
+tests/unit/torch/test_optimizer_arguments.py.)"""
 import pytest
 import torch
 
@@ -165,10 +168,3 @@ def test_sparse_gradients_need_sparse_as_dense(hvd):
         expected[1:3] = (hvd.size() + 1) / 2
         torch.testing.assert_close(embedding.weight.grad, expected)
 
-
-def test_adasum_is_delegated_to_horovod_and_refuses_hvdkit_compressors(hvd):
-    hvdkit_torch.init()
-    model = make_model()
-    with pytest.raises(ValueError, match="supports compression 'none' or 'fp16' only"):
-        hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
-                                          compression="topk:0.1", op=hvd.Adasum)

@@ -1,5 +1,8 @@
 """Sharding across real ranks: each rank computes only its own shard, and the
-gathered shards are checked against a single-process computation."""
+gathered shards are checked against a single-process computation.
+
+Maths that needs no other rank (epochs reordering, resuming mid-epoch, a start past the shard) is
+checked at several world sizes in one process: tests/unit/data/test_sharding_world.py."""
 import numpy as np
 import pytest
 import torch
@@ -33,26 +36,6 @@ def test_shards_agree_without_communication_and_cover_the_data(hvd, topo, n, rem
             assert set(union.tolist()) == set(range(n)) and len({len(s) for s in shards}) == 1
         else:
             assert len(np.unique(union)) == len(union) == (n // topo.size) * topo.size
-
-
-def test_epochs_reorder_the_data(hvd, topo):
-    first = np.concatenate(gather(hvd, sharding.shard_indices(64, topo.rank, topo.size, epoch=0)))
-    second = np.concatenate(gather(hvd, sharding.shard_indices(64, topo.rank, topo.size, epoch=1)))
-    assert sorted(first) == sorted(second) and not np.array_equal(first, second)
-
-
-def test_resume_from_start_finishes_the_same_epoch(hvd, topo):
-    n, consumed = 45, 4
-    before = sharding.shard_indices(n, topo.rank, topo.size, epoch=2, seed=1, remainder="uneven")[:consumed]
-    after = sharding.shard_indices(n, topo.rank, topo.size, epoch=2, seed=1, remainder="uneven", start=consumed)
-    union = np.concatenate(gather(hvd, np.concatenate([before, after])))
-    assert np.array_equal(np.sort(union), np.arange(n))
-
-
-def test_start_past_the_shard_fails_on_every_rank(hvd, topo):
-    capacity = sharding.shard_capacity(5, topo.size, "pad")
-    with pytest.raises(ValueError, match=f"start={capacity + 1} is past the end"):
-        sharding.shard_indices(5, topo.rank, topo.size, start=capacity + 1)
 
 
 def test_node_files_stay_on_the_node_and_are_read_once(hvd, topo):

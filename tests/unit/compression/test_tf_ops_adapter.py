@@ -3,8 +3,8 @@ same payloads, results and error-feedback state in both frameworks on the same i
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-torch = pytest.importorskip("torch")
+import tensorflow as tf
+import torch
 
 from hvdkit.compression.tensor_ops import ops_for  # noqa: E402
 from hvdkit.compression import BucketState, create  # noqa: E402

@@ -177,7 +177,7 @@ def test_import_pulls_no_framework():
 
 
 def test_torch_sampler_is_a_distributed_sampler_drop_in():
-    torch = pytest.importorskip("torch")
+    import torch
     from hvdkit.data.torch_sampler import ShardedSampler
 
     data = list(range(23))
@@ -193,7 +193,7 @@ def test_torch_sampler_is_a_distributed_sampler_drop_in():
 
 
 def test_torch_sampler_resumes_mid_epoch_once():
-    pytest.importorskip("torch")
+    import torch  # noqa: F401  (a broken install must fail, not skip)
     from hvdkit.data.torch_sampler import ShardedSampler
 
     sampler = ShardedSampler(range(40), num_replicas=2, rank=1, seed=3, remainder="uneven")
@@ -213,7 +213,7 @@ def test_torch_sampler_resumes_mid_epoch_once():
 
 
 def test_torch_sampler_rejects_bad_arguments():
-    pytest.importorskip("torch")
+    import torch  # noqa: F401  (a broken install must fail, not skip)
     from hvdkit.data.torch_sampler import ShardedSampler
 
     with pytest.raises(ValueError, match=r"rank must be in \[0, size=2\), got 2"):
@@ -230,7 +230,7 @@ def test_torch_sampler_rejects_bad_arguments():
 
 
 def test_torch_sampler_without_init_says_to_call_init():
-    pytest.importorskip("torch")
+    import torch  # noqa: F401  (a broken install must fail, not skip)
     from hvdkit.data.torch_sampler import ShardedSampler
 
     with pytest.raises(RuntimeError, match=r"call hvdkit.topology.init\(hvd\) first"):
@@ -238,7 +238,7 @@ def test_torch_sampler_without_init_says_to_call_init():
 
 
 def test_tf_index_dataset_yields_this_ranks_indices():
-    pytest.importorskip("tensorflow")
+    import tensorflow  # noqa: F401  (a broken install must fail, not skip)
     from hvdkit.data import tf_datasets as sharding_tf
 
     ds = sharding_tf.index_dataset(17, rank=2, size=3, epoch=1, seed=5, remainder="uneven", start=1)
