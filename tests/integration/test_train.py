@@ -45,17 +45,15 @@ def test_default_run_reaches_95_percent_on_digits(dense_run):
     assert records[-1]["bytes_per_step"] > 0
 
 
-# Sparsifiers use Deep Gradient Compression's recipe: a short dense warm-up
-# (100 steps, about 4 of the 20 epochs) before error-fed sparse steps.
+# One end-to-end run per kind of exchange the main job can make: gathered with error feedback, two
+# rounds of low-rank factors, a sparsifier (Deep Gradient Compression's short dense warm-up: 100 steps,
+# about 4 of the 20 epochs), and local SGD. Every compressor's arithmetic is checked exactly against
+# the numpy oracle in tests/unit/exchange and tests/parallel/torch; benchmarks/accuracy.py trains with
+# each one's defaults.
 CONVERGENCE_CASES = [
-    ["--compression", "fp16"],
-    ["--compression", "bf16"],
-    ["--compression", "int8"],
-    ["--compression", "topk:0.01,warmup=100"],
-    ["--compression", "topk:0.01,approx=1,warmup=100"],
-    ["--compression", "randomk:0.25,warmup=100"],
     ["--compression", "onebit"],
     ["--compression", "powersgd:2"],
+    ["--compression", "topk:0.01,warmup=100"],
     ["--average-every", "4"],
 ]
 
