@@ -250,9 +250,14 @@ def test_a_zombie_counts_as_gone_and_is_left_to_its_parent():
     """A process of the job that has exited but is not yet reaped is not waited for or killed, and
     its exit status stays with its parent."""
     value = uuid.uuid4().hex
-    zombie = subprocess.Popen(["sh", "-c", "sleep 0.5; exit 7"], env=dict(os.environ, HVDKIT_STATUS_DIR=value))
+    zombie = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(1); sys.exit(7)"],
+                              env=dict(os.environ, HVDKIT_STATUS_DIR=value))  # one process: no child of its own
     try:
         recorded = {zombie.pid: job_processes.create_time(zombie.pid)}
+        # Until the child has exec'd, /proc shows the parent's environment (without the marker).
+        deadline = time.monotonic() + 5
+        while not job_processes.find("HVDKIT_STATUS_DIR", value) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert set(job_processes.find("HVDKIT_STATUS_DIR", value)) == {zombie.pid}
         deadline = time.monotonic() + 10
         while _alive(zombie.pid) and time.monotonic() < deadline:
