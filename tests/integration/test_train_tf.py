@@ -101,7 +101,7 @@ def final_state(directory):
             for name, _ in checkpoint.read_pointer(directory)}
 
 
-def test_post_local_sgd_is_synchronous_for_its_warmup_then_local_with_periodic_averaging(hvdkit_cli, tmp_path,
+def test_post_local_sgd_warms_up_synchronously_then_steps_locally_and_resumes_without_torch(hvdkit_cli, tmp_path,
                                                                                          dense_run):
     """A warm-up of exactly one epoch: epoch 0 must be the dense run's epoch 0 (gradients averaged every
     step), epoch 1 must send no gradients, only the model every 4 local steps, and differ from dense."""
@@ -118,14 +118,19 @@ def test_post_local_sgd_is_synchronous_for_its_warmup_then_local_with_periodic_a
     assert records[1]["compression_ratio"] == pytest.approx(steps / averages)
     assert records[1]["loss"] != pytest.approx(dense[1]["loss"], rel=1e-6)  # the ranks did step on their own
     assert records[1]["test_accuracy"] >= 0.9
-    # Stopped at the switch and resumed: the rerun must come back in the local phase, on the same steps.
+    # Stopped at the switch and resumed, in rank processes that must end with no torch module loaded: the
+    # rerun comes back in the local phase, on the same steps, and the events hold every record's scalars.
     part, checkpoints = tmp_path / "part", tmp_path / "ckpt"
-    flags = [*TF, "--average-every", "4", "--average-warmup", str(steps), "--checkpoint", str(checkpoints)]
-    train(hvdkit_cli, part, *flags, "--epochs", "1")
-    _, resumed = train(hvdkit_cli, part, *flags, "--epochs", "2")
+    flags = ["--average-every", "4", "--average-warmup", str(steps), "--checkpoint", str(checkpoints)]
+    train_in_checked_ranks(hvdkit_cli, part, *flags, "--epochs", "1")
+    second = train_in_checked_ranks(hvdkit_cli, part, *flags, "--epochs", "2")
+    assert f"resuming from {checkpoints} at step {steps} " in second.stdout
+    assert (checkpoints / "latest").read_text().split()[0] == f"ckpt-{2 * steps:08d}.tfckpt"
+    resumed = read_metrics(part)
     assert [r["epoch"] for r in resumed] == [0, 1]
     assert resumed[1]["loss"] == pytest.approx(records[1]["loss"], rel=1e-5)
     assert resumed[1]["bytes_per_step"] == records[1]["bytes_per_step"]
+    assert_events_hold_the_records(part, resumed)
 
 
 # Each rank runs the train entry point itself, then reports what its own process imported.
@@ -162,23 +167,12 @@ def event_scalars(log_dir):
     return found
 
 
-def test_no_rank_imports_torch_while_training_checkpointing_resuming_and_logging(hvdkit_cli, tmp_path):
-    """A first run saves at the end of epoch 0, a second resumes and saves epoch 1: both in rank
-    processes that must end with no torch module loaded. The events hold every record's scalars."""
-    checkpoints, logs = tmp_path / "ckpt", tmp_path / "logs"
-    flags = ["--checkpoint", str(checkpoints), "--compression", "topk:0.01"]
-    train_in_checked_ranks(hvdkit_cli, logs, *flags, "--epochs", "1")
-    resumed = train_in_checked_ranks(hvdkit_cli, logs, *flags, "--epochs", "2")
-    steps = -(-(DIGITS_TRAIN // 2) // 32)
-    assert f"resuming from {checkpoints} at step {steps} " in resumed.stdout
-    assert (checkpoints / "latest").read_text().split()[0] == f"ckpt-{2 * steps:08d}.tfckpt"
-    records = read_metrics(logs)
-    assert [r["epoch"] for r in records] == [0, 1]
-    scalars = event_scalars(logs)
+def assert_events_hold_the_records(log_dir, records):
+    scalars = event_scalars(log_dir)
     expected = {(key, r["epoch"]): r[key] for r in records for key in r
                 if key not in ("epoch", "time") and isinstance(r[key], (int, float))}
     assert {"loss", "test_accuracy", "bytes_per_step", "compression_ratio"} <= {tag for tag, _ in expected}
     assert scalars.keys() == expected.keys()
     for key, value in expected.items():
         assert scalars[key] == pytest.approx(value, rel=1e-6), key
-    assert all(scalars["loss", epoch] > 0 for epoch in (0, 1))
+    assert all(scalars["loss", r["epoch"]] > 0 for r in records)

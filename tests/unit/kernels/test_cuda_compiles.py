@@ -15,8 +15,10 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA toolkit) is
 
 
 def run_check(*args):
+    # One architecture (Hopper, the GPU the kernels are tuned on) finds every source error; the GPU check
+    # (benchmarks/gpu_check.sh) compiles the others too.
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "NVCC": NVCC})
+                          env={**os.environ, "NVCC": NVCC, "HVDKIT_CUDA_ARCHS": "90"})
 
 
 def test_every_cuda_source_compiles():
