@@ -5,6 +5,7 @@ communication hooks and saves what DDP hands back, for tests/integration/test_to
 
 One process group serves every hook listed (a fresh DDP model each), so the job starts once.
 """
+import os
 import sys
 
 import numpy as np
@@ -63,7 +64,13 @@ def main(rank, world, port, steps, out, hooks):
         hook, _, matrix_rank = spec.partition(":")
         results[f"{spec}.averaged"], results[f"{spec}.order"] = run(rank, hook, int(matrix_rank or 0), steps)
     np.savez(out, **results)
+    # Both ranks finish communicating before either tears gloo down; then skip the interpreter's own
+    # teardown, where a gloo thread still joinable at exit aborts ("terminate called without an active
+    # exception", seen in a fresh-clone test run).
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
