@@ -38,6 +38,7 @@ class _DistributedOptimizer(ReducerView):
         named = named_trainable(self.param_groups, named_parameters)
         self._params = [p for _, p in named]  # registration order
         self._names = [name for name, _ in named]
+        self._parameter_names = {p: name for name, p in named}  # Horovod's attribute, which its scripts read
         self._index = {id(p): i for i, p in enumerate(self._params)}
         self.backward_passes_per_step = backward_passes_per_step
         self.op = op

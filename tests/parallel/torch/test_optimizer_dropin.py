@@ -65,3 +65,14 @@ def test_the_wrapped_optimizer_is_still_an_instance_of_its_class(hvd):
     assert isinstance(opt, torch.optim.Adam)
     assert type(opt).__name__ == "Adam"
     assert opt.defaults["betas"] == (0.5, 0.6) and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_parameter_names_are_horovods_attribute_with_unique_names_even_without_named_parameters(hvd):
+    """Horovod scripts read ``optimizer._parameter_names`` ({parameter: name}); without ``named_parameters``
+    every parameter still gets a distinct name, and every rank the same names (as Horovod's suite checks)."""
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10))
+    base = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=0.001)
+    names = hvdkit.torch.DistributedOptimizer(base)._parameter_names
+    assert set(names) == set(model.parameters()) and len(set(names.values())) == 4
+    everyone = hvd.allgather_object(sorted(names.values()))
+    assert all(theirs == everyone[0] for theirs in everyone)

@@ -112,3 +112,4 @@ def test_adasum_refuses_hvdkit_compressors():
     with pytest.raises(ValueError, match="supports compression 'none' or 'fp16' only"):
         hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
                                           compression="topk:0.1", op=hvdkit_torch.Adasum)
+
