@@ -52,7 +52,8 @@ def horovod_attribute(horovod, module_name, name):
     later (a submodule imported after the drop-in was) is answered too."""
     if importlib.util.find_spec(f"{module_name}.{name}") is not None:
         return importlib.import_module(f"{module_name}.{name}")
-    if not name.startswith("_") and hasattr(horovod, name):
+    # Private names too (Horovod's own suites call hvd._executing_eagerly()); dunders stay this module's.
+    if not (name.startswith("__") and name.endswith("__")) and hasattr(horovod, name):
         return getattr(horovod, name)
     raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
 

@@ -46,6 +46,16 @@ def test_every_horovod_name_is_answered(horovod_name, hvdkit_name):
         assert getattr(ours, name) is not getattr(horovod, name), name
 
 
+def test_private_helpers_horovods_own_suites_call_are_horovods():
+    import horovod.tensorflow
+
+    import hvdkit.tensorflow
+
+    assert hvdkit.tensorflow._executing_eagerly is horovod.tensorflow._executing_eagerly
+    with pytest.raises(AttributeError, match="has no attribute '_no_such_helper'"):
+        hvdkit.tensorflow._no_such_helper  # noqa: B018
+
+
 def test_hvd_elastic_is_hvdkits_module_with_horovods_names():
     import hvdkit.torch as hvd
 
