@@ -15,7 +15,11 @@ machine only ever slows a run down). JSON records have the keys
 ``framework``, ``impl`` (``horovod`` or ``hvdkit``), ``compression``, ``np``,
 ``img_sec_per_rank``, ``ci95``, ``total_img_sec``, ``runs`` (every run's
 img/s per rank) and, for TensorFlow's hvdkit rows, ``vs_horovod_same_run``
-(the kept run's hvdkit/horovod ratio) and ``same_run_ratios`` (every run's).
+(the kept run's hvdkit/horovod ratio) and ``same_run_ratios`` (every run's);
+torch's hvdkit rows add ``hidden_fraction`` (the mean share of each step's
+exchange that overlapped backward, ``StepStats.hidden_fraction``),
+``host_syncs_max`` and ``bucket_order`` (``--bucket-order registration`` runs
+the plan that ignores the order gradients arrive in, for comparison).
 
 What the two implementations are:
 
@@ -61,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--compressions", default=DEFAULT_COMPRESSIONS, help="hvdkit compression specs")
     p.add_argument("--repeats", type=int, default=1, help="runs per job, interleaved; the fastest is kept")
     p.add_argument("--no-horovod", action="store_true", help="skip Horovod's own implementation")
+    p.add_argument("--bucket-order", default="ready", choices=("ready", "registration"),
+                   help="torch: hvdkit's bucket_order (registration: the plan before buckets followed backward)")
     p.add_argument("--json", dest="json_path", help="write the records here")
     p.add_argument("--plot", dest="plot_path", help="write a PNG plot here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -110,8 +116,9 @@ def torch_worker(args):
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     else:
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                             compression=args.compression)
+                                             compression=args.compression, bucket_order=args.bucket_order)
         hvd.broadcast_state(model, optimizer, root_rank=0)
+    overlap = []  # hvdkit: per timed step, the fraction of the exchange hidden behind backward, and host syncs
     data = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     target = torch.randint(0, 10, (args.batch_size,))
 
@@ -119,17 +126,27 @@ def torch_worker(args):
         optimizer.zero_grad()
         F.cross_entropy(model(data), target).backward()
         optimizer.step()
+        stats = getattr(optimizer, "last_step_stats", None)
+        if stats is not None and timed:
+            overlap.append((stats.hidden_fraction, stats.host_syncs))
 
+    timed = False
     log = rank0_printer(hvd)
     log_header(args, hvd, log)
     log("Running warmup...")
     timeit.timeit(benchmark_step, number=args.num_warmup_batches)
     log("Running benchmark...")
+    timed = True
     img_secs = []
     for i in range(args.num_iters):
         seconds = timeit.timeit(benchmark_step, number=args.num_batches_per_iter)
         img_secs.append(args.batch_size * args.num_batches_per_iter / seconds)
         log(f"Iter #{i}: {img_secs[-1]:.1f} img/sec per rank")
+    if overlap:
+        hidden = sum(h for h, _ in overlap) / len(overlap)
+        syncs = max(s for _, s in overlap)
+        log(f"Exchange hidden behind backward: {100 * hidden:.1f} %, host syncs per step: {syncs}")
+        args.extra = {"hidden_fraction": hidden, "host_syncs_max": syncs, "bucket_order": args.bucket_order}
     return {args.impl: img_secs}, hvd
 
 
@@ -252,7 +269,8 @@ def worker(args):
         records.append({"framework": args.framework, "impl": impl,
                         "compression": args.compression if impl == "hvdkit" else "none", "np": hvd.size(),
                         "img_sec_per_rank": mean, "ci95": ci95, "total_img_sec": hvd.size() * mean,
-                        "model": args.model, "batch_size": args.batch_size})
+                        "model": args.model, "batch_size": args.batch_size,
+                        **(getattr(args, "extra", {}) if impl == "hvdkit" else {})})
     by_impl = {r["impl"]: r for r in records}
     if len(by_impl) == 2:  # both in the same run, under the same load
         by_impl["hvdkit"]["vs_horovod_same_run"] = (by_impl["hvdkit"]["img_sec_per_rank"]
@@ -268,7 +286,7 @@ def run_one(args, np_, impl, compression):
         result = os.path.join(tmp, "result.json")
         cmd = [sys.executable, "-m", "hvdkit", "run", "-np", str(np_), "--", sys.executable, os.path.abspath(__file__),
                "--worker", "--framework", args.framework, "--impl", impl, "--compression", compression,
-               "--result", result,
+               "--result", result, "--bucket-order", args.bucket_order,
                "--model", args.model, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                "--num-warmup-batches", str(args.num_warmup_batches),
                "--num-batches-per-iter", str(args.num_batches_per_iter), "--num-iters", str(args.num_iters)]
@@ -283,7 +301,8 @@ def run_one(args, np_, impl, compression):
 def print_table(records):
     base = {r["np"]: r for r in records if r["impl"] == "horovod"}
     print(f"\n{'impl':<8} {'compression':<14} {'np':>3} {'img/s/rank':>11} {'+-ci95':>8} "
-          f"{'total img/s':>12} {'vs horovod':>10} {'scaling eff':>11}  same-run ratios (geo mean)")
+          f"{'total img/s':>12} {'vs horovod':>10} {'scaling eff':>11} {'hidden':>7} {'syncs':>5}  "
+          f"same-run ratios (geo mean)")
     single = {(r["impl"], r["compression"]): r["img_sec_per_rank"] for r in records if r["np"] == 1}
     for r in records:
         ratio = r["total_img_sec"] / base[r["np"]]["total_img_sec"] if r["np"] in base else float("nan")
@@ -293,7 +312,12 @@ def print_table(records):
         ratios = r.get("same_run_ratios", [])
         runs = " ".join(f"{x:.3f}" for x in ratios) + (f" ({geometric_mean(ratios):.3f})" if ratios else "")
         print(f"{r['impl']:<8} {r['compression']:<14} {r['np']:>3} {r['img_sec_per_rank']:>11.1f} "
-              f"{r['ci95']:>8.1f} {r['total_img_sec']:>12.1f} {ratio:>10.3f} {efficiency:>11.2f}  {runs}")
+              f"{r['ci95']:>8.1f} {r['total_img_sec']:>12.1f} {ratio:>10.3f} {efficiency:>11.2f} "
+              f"{_percent(r.get('hidden_fraction')):>7} {r.get('host_syncs_max', ''):>5}  {runs}")
+
+
+def _percent(fraction):
+    return "" if fraction is None else f"{100 * fraction:.0f}%"
 
 
 def geometric_mean(values):

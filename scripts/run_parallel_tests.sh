@@ -37,7 +37,7 @@ np1_torch=(
   test_topology.py                # one rank, one node: local_size 1, no intra- or cross-node process set
   test_horovod_collectives.py     # Horovod's collectives on a world of one
   test_collectives.py             # hierarchical collectives with neither process set (flat == hierarchical)
-  test_optimizer_compression.py   # a lone rank keeps dense buckets unsent: 'none', warm-up steps, bytes_sent
+  test_optimizer_compression.py   # a lone rank applies its own gradients, unsent and uncompressed
   test_oracle_optimizer.py        # compressed buckets of a lone rank take the flat route (two-phase tests skip)
   test_optimizer_errors.py        # non-finite gradients caught on the unsent path (rank-pair tests skip)
   test_mismatch.py                # a gradient missing on the lone rank counts as zero (rank-pair tests skip)
@@ -48,7 +48,7 @@ np1_tensorflow=(
   test_horovod_collectives.py     # Horovod's collectives on a world of one
   test_collectives_tf.py          # hierarchical collectives with neither process set
   test_tape.py                    # the tape's unsent dense buckets, eagerly and traced
-  test_exchange_compression.py    # a lone rank keeps dense buckets unsent: 'none' and warm-up steps
+  test_exchange_compression.py    # a lone rank applies its own gradients, unsent and uncompressed
   test_exchange_errors.py         # non-finite gradients caught on the unsent path (rank-pair tests skip)
   test_keras_optimizer.py         # model.fit (traced) on the unsent path equals plain Keras
 )

@@ -37,9 +37,13 @@ void sign_ef(const float* x, float* residual, int64_t n, int64_t block, uint8_t*
 void sign_decode(const uint8_t* bits, const float* scales, int64_t ranks, int64_t n,
                  int64_t block, float* out, bool accumulate, int threads);
 
-// Top-k by magnitude of c = x + residual with error feedback; indices and
-// values have room for k entries. Returns how many were written: k when exact,
-// within [topk_approx_floor(k), k] when approximate.
+// Top-k by magnitude of c = x + residual with error feedback. Writes exactly
+// k (index, value) pairs: the selected entries (residual zeroed there), then
+// padding pairs (index 0, value -0.0) in the free slots (adding -0.0 changes
+// nothing, and the residual is not touched for them). Entries where c is zero
+// are never selected. Returns how many were selected: exact, min(k, non-zero
+// entries of c); approximate, at least min(topk_approx_floor(k), non-zero
+// entries of c) and at most k.
 int64_t topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool approx,
                 int32_t* indices, float* values, int threads);
 
@@ -47,10 +51,11 @@ int64_t topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool appr
 void randomk(const void* x, DType dtype, int64_t n, int64_t k, uint64_t seed, int32_t* indices,
              void* values, int threads);
 
-// out[indices[i]] += values[i] in order. Returns false, writing nothing, when
-// an index is outside [0, n).
+// out[indices[i]] += values[i] in order. Returns false, adding nothing, when
+// an index is outside [0, n); with `poison` it then sets out[0] to NaN (when
+// n > 0) so that a non-finite check downstream sees the bad payload.
 bool scatter_add(const int32_t* indices, const float* values, int64_t count, float* out,
-                 int64_t n, int threads);
+                 int64_t n, bool poison, int threads);
 
 // Instruction sets the CPU kernels were built for and this CPU runs, best first.
 std::vector<std::string> available_isas();

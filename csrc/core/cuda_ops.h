@@ -35,9 +35,11 @@ void sign_decode(const uint8_t* bits, const float* scales, int64_t ranks, int64_
 
 // Scratch memory topk_ef needs (device, any alignment from cudaMalloc).
 size_t topk_workspace_bytes();
-// Writes at most k (index, value) pairs and the number written to *count
-// (device int32): exactly k when exact, within [topk_approx_floor(k), k] for
-// approx given that many non-zero entries of x + residual.
+// Writes exactly k (index, value) pairs, as the CPU kernel does: the selected
+// entries (never one where x + residual is zero), then padding pairs (index 0,
+// value -0.0). *count (device int32; skipped when count is null) receives how
+// many were selected: min(k, non-zero entries) when exact, at least
+// min(topk_approx_floor(k), non-zero entries) for approx.
 void topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool approx,
              int32_t* indices, float* values, int32_t* count, void* workspace,
              cudaStream_t stream);
@@ -45,9 +47,15 @@ void topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool approx,
 void randomk(const void* x, DType dtype, int64_t n, int64_t k, uint64_t seed, int32_t* indices,
              void* values, cudaStream_t stream);
 
-// *bad (device int32, cleared here) counts indices outside [0, n); when any
-// is, out is left untouched.
+// Scratch memory scatter_add needs for `count` pairs into n outputs (device,
+// any alignment from cudaMalloc); count is at most INT32_MAX.
+size_t scatter_add_workspace_bytes(int64_t count, int64_t n);
+// out[indices[i]] += values[i], deterministically: the pairs of each index are
+// added in input order, so the result equals the CPU kernel's bit for bit.
+// *bad (device int32, cleared here) becomes non-zero when an index is outside
+// [0, n); then nothing is added, and with `poison` out[0] is set to NaN (when
+// n > 0). Nothing is read back to the host.
 void scatter_add(const int32_t* indices, const float* values, int64_t count, float* out,
-                 int64_t n, int32_t* bad, cudaStream_t stream);
+                 int64_t n, bool poison, int32_t* bad, void* workspace, cudaStream_t stream);
 
 }  // namespace hvdkit::cuda

@@ -2,7 +2,10 @@
 // Each thread owns a slice of the output and applies, in input order, the
 // pairs that land in it: no atomics, and the sum order is the input order, so
 // the result is deterministic and matches a sequential loop bit for bit.
+// Indices are checked first: a payload with any out-of-range index adds
+// nothing (and, when asked, poisons out[0] with NaN instead of failing).
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "core/cpu_ops.h"
@@ -13,7 +16,7 @@ namespace hvdkit::cpu {
 constexpr int64_t kPrefetchDistance = 32;
 
 bool scatter_add(const int32_t* indices, const float* values, int64_t count, float* out,
-                 int64_t n, int threads) {
+                 int64_t n, bool poison, int threads) {
   const int check_ranges = range_count(count, kMinElementsPerThread, threads);
   std::vector<char> bad(check_ranges, 0);
   parallel_ranges(count, 64, check_ranges, [&](int r, int64_t begin, int64_t end) {
@@ -21,7 +24,10 @@ bool scatter_add(const int32_t* indices, const float* values, int64_t count, flo
     for (int64_t i = begin; i < end; ++i) any = any || indices[i] < 0 || indices[i] >= n;
     bad[r] = any;
   });
-  if (std::any_of(bad.begin(), bad.end(), [](char b) { return b != 0; })) return false;
+  if (std::any_of(bad.begin(), bad.end(), [](char b) { return b != 0; })) {
+    if (poison && n > 0) out[0] = std::numeric_limits<float>::quiet_NaN();
+    return false;
+  }
 
   // Every thread reads all pairs and applies its share: the random-access adds
   // are what gets split, so split by the number of pairs.

@@ -4,6 +4,7 @@
 // sorted out afterwards. Whenever the sample misjudged (rare, or adversarial
 // data such as many equal values), the selection is undone and the exact
 // radix select runs instead, so results are always within the stated bounds.
+// Zero entries are never selected; free output slots are padded (pad_topk).
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -51,7 +52,8 @@ void error_feedback_only(const float* x, float* residual, int64_t n, int threads
                   });
 }
 
-// Exact: the sure entries plus the `need` largest candidates.
+// Exact: the sure entries plus the `need` largest candidates (all of them
+// when there are fewer: the candidates then hold every non-zero entry left).
 int64_t finish_exact(std::vector<RangeLists>& lists, int64_t need, float* residual,
                      int32_t* indices, float* values) {
   std::vector<std::pair<uint32_t, int32_t>> candidates;
@@ -61,6 +63,7 @@ int64_t finish_exact(std::vector<RangeLists>& lists, int64_t need, float* residu
       candidates.emplace_back(magnitude_key(residual[index]), index);
     }
   }
+  need = std::min<int64_t>(need, static_cast<int64_t>(candidates.size()));
   std::nth_element(candidates.begin(), candidates.begin() + need, candidates.end(),
                    std::greater<std::pair<uint32_t, int32_t>>());
   int64_t out = 0;
@@ -81,6 +84,7 @@ int64_t finish_exact(std::vector<RangeLists>& lists, int64_t need, float* residu
 
 // Approximate: everything selected, or the k largest of it when the
 // threshold let more through (the rest goes back into the residual).
+// Returns how many were written.
 int64_t finish_approx(std::vector<RangeLists>& lists, int64_t selected, int64_t k, float* residual,
                       int32_t* indices, float* values) {
   if (selected <= k) {
@@ -126,7 +130,13 @@ int64_t topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool appr
     return topk_radix(x, residual, n, k, indices, values, threads);
   }
 
-  const TopkThresholds t = sample_thresholds(x, residual, n, k, approx);
+  TopkThresholds t = sample_thresholds(x, residual, n, k, approx);
+  // Zeros are never selected, nor candidates: when fewer than k of the sample
+  // are non-zero (sparse or embedding gradients, early steps, no error
+  // feedback) the thresholds are clamped to "non-zero", and then every
+  // non-zero entry is either selected or a candidate.
+  t.sure_above = std::max(t.sure_above, 0);
+  t.cand_above = std::max(t.cand_above, 0);
   const int ranges = range_count(n, kMinElementsPerThread, threads);
   std::vector<RangeLists> lists;
   lists.reserve(ranges);
@@ -148,14 +158,19 @@ int64_t topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool appr
     selected += l.buffers.sure_n;
     candidates += l.buffers.cand_n;
   }
-  const bool exact_fits = !overflow && selected <= k && selected + candidates >= k;
-  const bool approx_fits = !overflow && selected >= topk_approx_floor(k);
+  // With a zero threshold nothing non-zero was left out (barring overflow):
+  // fewer than k (or the floor) selected is then the right answer.
+  const bool exact_fits =
+      !overflow && selected <= k && (selected + candidates >= k || t.cand_above == 0);
+  const bool approx_fits = !overflow && (selected >= topk_approx_floor(k) || t.sure_above == 0);
   if (approx ? !approx_fits : !exact_fits) {
     undo(lists, residual);  // residual now holds c everywhere
     return topk_radix(nullptr, residual, n, k, indices, values, threads);
   }
-  return approx ? finish_approx(lists, selected, k, residual, indices, values)
-                : finish_exact(lists, k - selected, residual, indices, values);
+  const int64_t written = approx ? finish_approx(lists, selected, k, residual, indices, values)
+                                 : finish_exact(lists, k - selected, residual, indices, values);
+  pad_topk(indices, values, written, k);
+  return written;
 }
 
 }  // namespace hvdkit::cpu

@@ -73,7 +73,9 @@ int64_t topk_radix(const float* x, float* residual, int64_t n, int64_t k, int32_
   int64_t above_low = 0;
   const uint32_t low_bin = static_cast<uint32_t>(bin_of_rank(merge(low), k - above_high, &above_low));
   const uint32_t threshold = (high_bin << kLowBits) | low_bin;
-  const int64_t ties = k - above_high - above_low;
+  // A zero threshold means c has fewer than k non-zero entries: those are all
+  // taken and no zero is (the free slots become padding).
+  const int64_t ties = threshold == 0 ? 0 : k - above_high - above_low;
 
   // Where each range's output starts, and how many ties it takes (in order).
   std::vector<int64_t> offset(ranges + 1, 0);
@@ -104,7 +106,9 @@ int64_t topk_radix(const float* x, float* residual, int64_t n, int64_t k, int32_
       }
     }
   });
-  return k;
+  const int64_t selected = offset[ranges];
+  pad_topk(indices, values, selected, k);
+  return selected;
 }
 
 }  // namespace hvdkit::cpu

@@ -1,5 +1,6 @@
 // Device-side building blocks: typed element access with the saturation rule
-// of core/float_bits.h, block reductions, warp-aggregated slot reservation.
+// of core/float_bits.h, block reductions. (Output slots are reserved once per
+// tile of a block, never per warp: see reserve_tile_slots in topk.cu.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -102,20 +103,6 @@ __device__ float block_reduce(float v, Op op, float identity, float* shared) {
   const float result = shared[0];
   __syncthreads();  // shared may be reused right after
   return result;
-}
-
-// One atomic per warp: returns this lane's slot from *counter when `want`,
-// else -1. Every active lane of the warp must call it.
-__device__ __forceinline__ int32_t reserve_slot(int32_t* counter, bool want) {
-  const unsigned active = __activemask();
-  const unsigned wanting = __ballot_sync(active, want);
-  if (wanting == 0) return -1;
-  const int lane = threadIdx.x % 32;
-  const int leader = __ffs(wanting) - 1;
-  int32_t base = 0;
-  if (lane == leader) base = atomicAdd(counter, static_cast<int32_t>(__popc(wanting)));
-  base = __shfl_sync(active, base, leader);
-  return want ? base + static_cast<int32_t>(__popc(wanting & ((1u << lane) - 1u))) : -1;
 }
 
 }  // namespace hvdkit::cuda

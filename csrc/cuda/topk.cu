@@ -2,12 +2,16 @@
 //
 // Exact: radix select on 31-bit magnitude keys in three histogram levels
 // (11 + 11 + 9 bits), the first fused with c = x + residual, then one
-// selection pass; ties at the threshold take tickets, so exactly k are taken.
+// selection pass; ties at the threshold take tickets (reserved per tile), so
+// exactly k are taken.
 // Approximate: the threshold comes from a stratified sample (radix-selected
 // inside one thread block), then ONE fused pass selects and updates the
 // residual, capped at k; if fewer than the floor passed, up to two fix-up
-// passes with lower thresholds top it up. Nothing here synchronizes with the
-// host: the count is written to device memory.
+// passes with lower thresholds top it up.
+// Both: entries where c is zero are never taken (every threshold is at least
+// the smallest non-zero key), and the slots left free are padded with (index
+// 0, value -0.0), so the payload always holds k pairs. Nothing here
+// synchronizes with the host: the count is written to device memory.
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -50,13 +54,14 @@ struct TopkWorkspace {
 using PickScan = cub::BlockScan<uint32_t, kPickThreads>;
 
 // Selection passes work in tiles of kSelectThreads x kSelectItems entries and
-// reserve output slots once per tile: a counter shared by the whole grid
-// cannot take one atomic per warp (at 1 % density a quarter of all warps
-// select something, and the atomics serialise).
+// reserve output slots (and tie tickets) once per tile: a counter shared by the
+// whole grid cannot take one atomic per warp (at 1 % density a quarter of all
+// warps select something, and the atomics serialise).
 constexpr int kSelectThreads = 256;
 constexpr int kSelectItems = 8;
 constexpr int64_t kTile = static_cast<int64_t>(kSelectThreads) * kSelectItems;
 using SelectScan = cub::BlockScan<int32_t, kSelectThreads>;
+using TieScan = cub::BlockScan<uint32_t, kSelectThreads>;
 
 struct SelectShared {
   SelectScan::TempStorage scan;
@@ -64,13 +69,25 @@ struct SelectShared {
   bool skip;
 };
 
+struct ExactShared {
+  TieScan::TempStorage scan;
+  int32_t base;         // the tile's first output slot
+  int32_t taken_ties;   // how many of the tile's ties got a ticket below the budget
+};
+
 // This thread's first slot for `mine` entries; one atomicAdd on `counter` for
-// the whole block. Every thread of the block calls it.
-__device__ int32_t reserve_tile_slots(int32_t* counter, int32_t mine, SelectShared& shared) {
+// the whole block, none once the counter has reached `cap` (the slots would
+// all be at or past cap: nothing more is taken, and the counter cannot
+// overflow however many entries pass). Every thread of the block calls it.
+__device__ int32_t reserve_tile_slots(int32_t* counter, int32_t mine, int32_t cap, SelectShared& shared) {
   int32_t offset = 0;
   int32_t total = 0;
   SelectScan(shared.scan).ExclusiveSum(mine, offset, total);
-  if (threadIdx.x == 0) shared.base = total > 0 ? atomicAdd(counter, total) : 0;
+  if (threadIdx.x == 0) {
+    int32_t base = 0;
+    if (total > 0) base = *static_cast<volatile int32_t*>(counter) >= cap ? cap : atomicAdd(counter, total);
+    shared.base = base;
+  }
   __syncthreads();
   const int32_t first = shared.base + offset;
   __syncthreads();  // shared is reused by the next tile
@@ -167,32 +184,64 @@ __global__ void __launch_bounds__(kPickThreads) pick_bin_kernel(TopkWorkspace* w
   for (int b = threadIdx.x; b < kBins; b += blockDim.x) ws->hist[b] = 0;
 }
 
-// Takes keys above the threshold and `need` tickets' worth of ties.
+// Takes keys above the threshold and `need` tickets' worth of ties. Per tile:
+// one block scan of (ties, above) counts packed in one word (each at most
+// kTile < 2^16), one atomic for the tile's tie tickets (handed out in thread
+// order inside the tile) and one for its output slots. A zero threshold means
+// c has fewer than k non-zero entries: those are all taken, no zero is, and
+// the free slots are padded afterwards.
 __global__ void __launch_bounds__(kSelectThreads) exact_select_kernel(float* residual, int64_t n, TopkWorkspace* ws,
                                                                       int32_t* indices, float* values) {
-  __shared__ SelectShared shared;
+  __shared__ ExactShared shared;
   const uint32_t threshold = ws->state.prefix;
-  const int32_t ties = ws->state.need;
+  const int32_t ties = threshold == 0 ? 0 : ws->state.need;
   for (int64_t tile = blockIdx.x * kTile; tile < n; tile += static_cast<int64_t>(gridDim.x) * kTile) {
     float c[kSelectItems];
-    bool take[kSelectItems];
-    int32_t mine = 0;
+    bool above[kSelectItems];
+    bool tied[kSelectItems];
+    uint32_t mine = 0;  // (ties << 16) | above, this thread's
 #pragma unroll
     for (int j = 0; j < kSelectItems; ++j) {
       const int64_t i = tile + j * kSelectThreads + threadIdx.x;
-      take[j] = false;
+      above[j] = false;
+      tied[j] = false;
       if (i < n) {
         c[j] = residual[i];
         const uint32_t key = magnitude_key(c[j]);
-        const int32_t ticket = reserve_slot(&ws->state.ties_taken, key == threshold);
-        take[j] = key > threshold || (ticket >= 0 && ticket < ties);
-        mine += take[j];
+        above[j] = key > threshold;
+        tied[j] = ties > 0 && key == threshold;
+        mine += (static_cast<uint32_t>(tied[j]) << 16) + static_cast<uint32_t>(above[j]);
       }
     }
-    int32_t slot = reserve_tile_slots(&ws->state.count, mine, shared);
+    uint32_t offset = 0;
+    uint32_t total = 0;
+    TieScan(shared.scan).ExclusiveSum(mine, offset, total);
+    if (threadIdx.x == 0) {
+      const int32_t tile_ties = static_cast<int32_t>(total >> 16);
+      const int32_t tile_above = static_cast<int32_t>(total & 0xffffu);
+      int32_t taken_ties = 0;
+      if (tile_ties > 0) {
+        // Once every ticket is gone no later tile takes a tie: skip the atomic.
+        const int32_t first_ticket = *static_cast<volatile int32_t*>(&ws->state.ties_taken) >= ties
+                                         ? ties
+                                         : atomicAdd(&ws->state.ties_taken, tile_ties);
+        taken_ties = min(max(ties - first_ticket, 0), tile_ties);
+      }
+      const int32_t tile_taken = tile_above + taken_ties;
+      shared.base = tile_taken > 0 ? atomicAdd(&ws->state.count, tile_taken) : 0;
+      shared.taken_ties = taken_ties;
+    }
+    __syncthreads();
+    const int32_t taken_ties = shared.taken_ties;
+    // Ties of lower threads in this tile hold tickets 0 .. (offset >> 16) - 1.
+    int32_t tie_rank = static_cast<int32_t>(offset >> 16);
+    int32_t slot = shared.base + static_cast<int32_t>(offset & 0xffffu) + min(tie_rank, taken_ties);
+    __syncthreads();  // shared is reused by the next tile
 #pragma unroll
     for (int j = 0; j < kSelectItems; ++j) {
-      if (take[j]) {
+      bool take = above[j];
+      if (tied[j]) take = tie_rank++ < taken_ties;
+      if (take) {
         const int64_t i = tile + j * kSelectThreads + threadIdx.x;
         indices[slot] = static_cast<int32_t>(i);
         values[slot] = c[j];
@@ -251,17 +300,24 @@ __global__ void __launch_bounds__(kPickThreads) sample_threshold_kernel(TopkWork
 }
 
 // Takes entries with key >= threshold into free slots below k; the rest stays
-// in the residual. `first` pass: c = x + residual; fix-up passes (x null) run
-// only while fewer than `floor` were taken, with a lower threshold (at least
-// 1, so entries already taken, now 0, are never taken twice).
+// in the residual. Every threshold is at least 1, the smallest non-zero key:
+// zeros are never taken (when fewer than k of the sample are non-zero the
+// sampled threshold is 0, and without the clamp every entry would pass and the
+// first k slots, mostly zeros, would be sent), and entries already taken, now
+// 0, are never taken twice. Pass 0: c = x + residual; fix-up passes (x null)
+// run only while fewer than `floor` were taken and the previous pass's
+// threshold was above 1 (at 1 every non-zero entry was already considered).
 __global__ void __launch_bounds__(kSelectThreads) approx_select_kernel(const float* x, float* residual, int64_t n,
                                                                        TopkWorkspace* ws, int32_t k, int32_t floor,
                                                                        int pass, int32_t* indices, float* values) {
   __shared__ SelectShared shared;
-  uint32_t threshold = ws->state.threshold;
+  uint32_t threshold = max(ws->state.threshold, 1u);
   if (pass > 0) {
     // One reading per block: the block's threads must all go on or all stop.
-    if (threadIdx.x == 0) shared.skip = ws->state.count >= floor;
+    if (threadIdx.x == 0) {
+      const uint32_t previous = pass == 1 ? ws->state.threshold : ws->state.fallback;
+      shared.skip = ws->state.count >= floor || previous <= 1u;
+    }
     __syncthreads();
     if (shared.skip) return;
     threshold = pass == 1 ? max(ws->state.fallback, 1u) : 1u;
@@ -281,7 +337,7 @@ __global__ void __launch_bounds__(kSelectThreads) approx_select_kernel(const flo
         mine += passes[j];
       }
     }
-    int32_t slot = reserve_tile_slots(&ws->state.count, mine, shared);
+    int32_t slot = reserve_tile_slots(&ws->state.count, mine, k, shared);
 #pragma unroll
     for (int j = 0; j < kSelectItems; ++j) {
       const int64_t i = tile + j * kSelectThreads + threadIdx.x;
@@ -293,6 +349,18 @@ __global__ void __launch_bounds__(kSelectThreads) approx_select_kernel(const flo
       slot += passes[j];
       if (i < n && (take || pass == 0)) residual[i] = take ? 0.0f : c[j];
     }
+  }
+}
+
+// Slots [taken, k) get the padding pair (index 0, value -0.0): adding -0.0
+// leaves any float unchanged, so decoders need not know about padding, and
+// the payload has the same size on every rank and every step.
+__global__ void pad_kernel(const TopkWorkspace* ws, int32_t k, int32_t* indices, float* values) {
+  const int64_t taken = min(ws->state.count, k);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t s = taken + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < k; s += stride) {
+    indices[s] = 0;
+    values[s] = -0.0f;
   }
 }
 
@@ -358,8 +426,14 @@ void topk_ef(const float* x, float* residual, int64_t n, int64_t k, bool approx,
       exact_topk(x, residual, n, ws, indices, values, stream);
     }
   }
-  write_count_kernel<<<1, 1, 0, stream>>>(ws, static_cast<int32_t>(k), count);
-  check_launch("write_count_kernel");
+  if (k > 0) {
+    pad_kernel<<<grid_for(k), kThreads, 0, stream>>>(ws, static_cast<int32_t>(k), indices, values);
+    check_launch("pad_kernel");
+  }
+  if (count != nullptr) {
+    write_count_kernel<<<1, 1, 0, stream>>>(ws, static_cast<int32_t>(k), count);
+    check_launch("write_count_kernel");
+  }
 }
 
 }  // namespace hvdkit::cuda

@@ -26,26 +26,14 @@ class TopkEfOp : public OpKernel {
     OP_REQUIRES_OK(ctx, check_k(k_, n));
     Tensor* residual = nullptr;
     OP_REQUIRES_OK(ctx, output_from_input(ctx, 1, 2, &residual));
-    if (!approx_) {
-      Tensor* indices = nullptr;
-      Tensor* values = nullptr;
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({k_}), &indices));
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({k_}), &values));
-      cpu::topk_ef(x.flat<float>().data(), residual->flat<float>().data(), n, k_, false,
-                   indices->flat<int32_t>().data(), values->flat<float>().data(), cpu_threads(ctx));
-      return;
-    }
-    // Approximate selection writes up to k entries: outputs are the written
-    // prefix of k-entry buffers (a view, no copy).
-    Tensor indices;
-    Tensor values;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT32, TensorShape({k_}), &indices));
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({k_}), &values));
-    const int64_t count =
-        cpu::topk_ef(x.flat<float>().data(), residual->flat<float>().data(), n, k_, true,
-                     indices.flat<int32_t>().data(), values.flat<float>().data(), cpu_threads(ctx));
-    ctx->set_output(0, indices.Slice(0, count));
-    ctx->set_output(1, values.Slice(0, count));
+    // Both modes write exactly k pairs, padded with (0, -0.0) where fewer are
+    // selected (see core/cpu_ops.h).
+    Tensor* indices = nullptr;
+    Tensor* values = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({k_}), &indices));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({k_}), &values));
+    cpu::topk_ef(x.flat<float>().data(), residual->flat<float>().data(), n, k_, approx_,
+                 indices->flat<int32_t>().data(), values->flat<float>().data(), cpu_threads(ctx));
   }
 
  private:
@@ -80,7 +68,9 @@ class RandomkOp : public OpKernel {
 
 class ScatterAddOp : public OpKernel {
  public:
-  explicit ScatterAddOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit ScatterAddOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("poison", &poison_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& indices = ctx->input(0);
@@ -92,11 +82,15 @@ class ScatterAddOp : public OpKernel {
     OP_REQUIRES_OK(ctx, output_from_input(ctx, 2, 0, &out));
     const bool ok = cpu::scatter_add(indices.flat<int32_t>().data(), values.flat<float>().data(),
                                      indices.NumElements(), out->flat<float>().data(), out->NumElements(),
-                                     cpu_threads(ctx));
-    OP_REQUIRES(ctx, ok,
+                                     poison_, cpu_threads(ctx));
+    // With poison a bad index only sets out[0] to NaN (done by the kernel).
+    OP_REQUIRES(ctx, ok || poison_,
                 absl::InvalidArgumentError(absl::StrCat("hvdkit: indices must lie in [0, ", out->NumElements(),
                                                         ") (the size of out); some do not")));
   }
+
+ private:
+  bool poison_ = false;
 };
 
 using ::tensorflow::DEVICE_CPU;

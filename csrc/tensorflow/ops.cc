@@ -100,13 +100,10 @@ absl::Status accumulate_shape(InferenceContext* c) {
 
 absl::Status topk_shape(InferenceContext* c) {
   int64_t k = 0;
-  bool approx = false;
   TF_RETURN_IF_ERROR(c->GetAttr("k", &k));
-  TF_RETURN_IF_ERROR(c->GetAttr("approx", &approx));
-  // Approximate selection returns between topk_approx_floor(k) and k entries.
-  const DimensionHandle count = approx ? c->UnknownDim() : c->MakeDim(k);
-  c->set_output(0, c->Vector(count));
-  c->set_output(1, c->Vector(count));
+  // Both modes return exactly k pairs (padded with (0, -0.0) where fewer are selected).
+  c->set_output(0, c->Vector(k));
+  c->set_output(1, c->Vector(k));
   return same_shape(c, 1, 2);
 }
 
@@ -208,7 +205,8 @@ REGISTER_OP("HvdkitTopkEf")
     .Attr("k: int >= 0")
     .Attr("approx: bool = false")
     .SetShapeFn(b::topk_shape)
-    .Doc("Top-k by magnitude of x + residual, and the residual with those entries zeroed.");
+    .Doc("Top-k by magnitude of x + residual (exactly k pairs, padded with (0, -0.0) where fewer non-zero "
+         "entries are selected), and the residual with the selected entries zeroed.");
 
 REGISTER_OP("HvdkitRandomk")
     .Input("x: T")
@@ -225,8 +223,10 @@ REGISTER_OP("HvdkitScatterAdd")
     .Input("values: float")
     .Input("out: float")
     .Output("result: float")
+    .Attr("poison: bool = false")
     .SetShapeFn([](b::InferenceContext* c) { return b::same_shape(c, 2, 0); })
-    .Doc("out with values[i] added at flat index indices[i], in order.");
+    .Doc("out with values[i] added at flat index indices[i], in order; with poison, an out-of-range index "
+         "makes the result out with its first element NaN instead of an error.");
 
 REGISTER_OP("HvdkitCpuIsas")
     .Output("available: string")

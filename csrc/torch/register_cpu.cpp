@@ -95,9 +95,10 @@ std::tuple<at::Tensor, at::Tensor> topk_ef(const at::Tensor& x, const at::Tensor
   TORCH_CHECK(k >= 0 && k <= n, "hvdkit: k must be in [0, ", n, "], got ", k);
   at::Tensor indices = at::empty({k}, at::TensorOptions().dtype(at::kInt));
   at::Tensor values = at::empty({k}, at::TensorOptions().dtype(at::kFloat));
-  const int64_t count = cpu::topk_ef(x.data_ptr<float>(), residual.data_ptr<float>(), n, k, approx,
-                                     indices.data_ptr<int32_t>(), values.data_ptr<float>(), threads());
-  return {indices.narrow(0, 0, count), values.narrow(0, 0, count)};
+  // Exactly k pairs in both modes, padded with (0, -0.0) where fewer are selected.
+  cpu::topk_ef(x.data_ptr<float>(), residual.data_ptr<float>(), n, k, approx, indices.data_ptr<int32_t>(),
+               values.data_ptr<float>(), threads());
+  return {indices, values};
 }
 
 std::tuple<at::Tensor, at::Tensor> randomk(const at::Tensor& x, int64_t k, int64_t seed) {
@@ -111,14 +112,14 @@ std::tuple<at::Tensor, at::Tensor> randomk(const at::Tensor& x, int64_t k, int64
   return {indices, values};
 }
 
-at::Tensor scatter_add(const at::Tensor& indices, const at::Tensor& values, const at::Tensor& out) {
+at::Tensor scatter_add(const at::Tensor& indices, const at::Tensor& values, const at::Tensor& out, bool poison) {
   check_typed(indices, "indices", kCpu, at::kInt);
   check_typed(values, "values", kCpu, at::kFloat);
   check_typed(out, "out", kCpu, at::kFloat);
   TORCH_CHECK(indices.numel() == values.numel(), "hvdkit: indices has ", indices.numel(),
               " entries, values has ", values.numel());
   const bool ok = cpu::scatter_add(indices.data_ptr<int32_t>(), values.data_ptr<float>(), indices.numel(),
-                                   out.data_ptr<float>(), out.numel(), threads());
+                                   out.data_ptr<float>(), out.numel(), poison, threads());
   return at::scalar_tensor(!ok, at::TensorOptions().dtype(at::kBool));
 }
 

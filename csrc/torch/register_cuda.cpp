@@ -109,15 +109,14 @@ std::tuple<at::Tensor, at::Tensor> topk_ef(const at::Tensor& x, const at::Tensor
   const int64_t n = x.numel();
   TORCH_CHECK(residual.numel() == n, "hvdkit: residual has ", residual.numel(), " elements, x has ", n);
   TORCH_CHECK(k >= 0 && k <= n, "hvdkit: k must be in [0, ", n, "], got ", k);
+  // Both modes write exactly k pairs (padded with (0, -0.0) where fewer are
+  // selected): the output size is known up front, nothing is read back.
   at::Tensor indices = at::empty({k}, x.options().dtype(at::kInt));
   at::Tensor values = at::empty({k}, x.options());
-  at::Tensor count = at::empty({1}, x.options().dtype(at::kInt));
   at::Tensor workspace = at::empty({static_cast<int64_t>(cuda::topk_workspace_bytes())}, x.options().dtype(at::kByte));
   cuda::topk_ef(x.data_ptr<float>(), residual.data_ptr<float>(), n, k, approx, indices.data_ptr<int32_t>(),
-                values.data_ptr<float>(), count.data_ptr<int32_t>(), workspace.data_ptr(), stream_of(device));
-  if (!approx) return {indices, values};
-  const int64_t taken = count.item<int32_t>();  // the approximate count is known only on the device
-  return {indices.narrow(0, 0, taken), values.narrow(0, 0, taken)};
+                values.data_ptr<float>(), nullptr, workspace.data_ptr(), stream_of(device));
+  return {indices, values};
 }
 
 std::tuple<at::Tensor, at::Tensor> randomk(const at::Tensor& x, int64_t k, int64_t seed) {
@@ -133,17 +132,19 @@ std::tuple<at::Tensor, at::Tensor> randomk(const at::Tensor& x, int64_t k, int64
   return {indices, values};
 }
 
-at::Tensor scatter_add(const at::Tensor& indices, const at::Tensor& values, const at::Tensor& out) {
+at::Tensor scatter_add(const at::Tensor& indices, const at::Tensor& values, const at::Tensor& out, bool poison) {
   const at::Device device = out.device();
   const c10::cuda::CUDAGuard guard(device);
   check_typed(indices, "indices", device, at::kInt);
   check_typed(values, "values", device, at::kFloat);
   check_typed(out, "out", device, at::kFloat);
-  TORCH_CHECK(indices.numel() == values.numel(), "hvdkit: indices has ", indices.numel(), " entries, values has ",
-              values.numel());
+  const int64_t count = indices.numel();
+  TORCH_CHECK(count == values.numel(), "hvdkit: indices has ", count, " entries, values has ", values.numel());
   at::Tensor bad = at::empty({}, out.options().dtype(at::kInt));
-  cuda::scatter_add(indices.data_ptr<int32_t>(), values.data_ptr<float>(), indices.numel(), out.data_ptr<float>(),
-                    out.numel(), bad.data_ptr<int32_t>(), stream_of(device));
+  at::Tensor workspace = at::empty({static_cast<int64_t>(cuda::scatter_add_workspace_bytes(count, out.numel()))},
+                                   out.options().dtype(at::kByte));
+  cuda::scatter_add(indices.data_ptr<int32_t>(), values.data_ptr<float>(), count, out.data_ptr<float>(), out.numel(),
+                    poison, bad.data_ptr<int32_t>(), workspace.data_ptr(), stream_of(device));
   return bad.to(at::kBool);
 }
 

@@ -12,5 +12,5 @@ TORCH_LIBRARY(hvdkit, m) {
   m.def("sign_decode(Tensor bits, Tensor scales, int n, int block, Tensor(a!) out, bool accumulate) -> ()");
   m.def("topk_ef(Tensor x, Tensor(a!) residual, int k, bool approx) -> (Tensor indices, Tensor values)");
   m.def("randomk(Tensor x, int k, int seed) -> (Tensor indices, Tensor values)");
-  m.def("scatter_add(Tensor indices, Tensor values, Tensor(a!) out) -> Tensor bad");
+  m.def("scatter_add(Tensor indices, Tensor values, Tensor(a!) out, bool poison=False) -> Tensor bad");
 }

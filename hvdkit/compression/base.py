@@ -24,7 +24,9 @@ payloads back to back with their lengths, rank j sums everyone's chunk j
 ``placed`` puts the result where the chunk sits in the bucket, so the gathered
 server payloads decode as one payload of the whole bucket. Error feedback and other
 memory live in the ``BucketState`` passed in; algorithms never keep per-bucket
-data on ``self``. All tensor work goes through ``self.ops`` (a
+data on ``self``. That state is an attempt: a compressor writes its new residual
+into ``candidate(state, like)`` (or a new tensor) and assigns it to
+``state.residual``, and the exchange keeps it only if the step's result is finite. All tensor work goes through ``self.ops`` (a
 ``backend.TensorOps``), so the same files serve torch and TensorFlow.
 """
 
@@ -73,6 +75,13 @@ class Compressor:
         """Allocate what ``state`` needs before its first compress (error-feedback residual, ...)."""
         if self.ef and state.residual is None:
             state.residual = self.ops.zeros(state.numel, like)
+
+    def candidate(self, state, like):
+        """``state``'s spare buffer (allocated once), which the new residual is written into: ``compress``
+        gets an attempt (``BucketState.attempt``) and must leave the committed residual as it was."""
+        if state.spare is None:
+            state.spare = self.ops.zeros(state.numel, like)
+        return state.spare
 
     def compress(self, tensor, state):
         """One rank's flat bucket -> (payload tuple, ctx for decompress)."""

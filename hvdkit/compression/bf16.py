@@ -19,7 +19,7 @@ class BF16(Compressor):
     chunk_grain = 1
 
     def compress(self, tensor, state):
-        low = cast_with_feedback(self.ops, tensor, state, "bfloat16", self.ef)
+        low = cast_with_feedback(self, tensor, state, "bfloat16")
         return (self.ops.bitcast(low, "int16"),), state.numel
 
     def decompress(self, payload, ctx):

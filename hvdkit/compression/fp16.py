@@ -9,12 +9,14 @@ from hvdkit.compression import spec
 from hvdkit.compression.base import Compressor
 
 
-def cast_with_feedback(ops, tensor, state, dtype, ef):
-    """(low-precision copy of tensor + residual, updated state). A cast that overflowed leaves the
-    residual untouched, so an Inf never enters the error-feedback memory."""
-    c = ops.add(tensor, state.residual) if ef else tensor
-    low, nonfinite = ops.cast(c, dtype)
-    if ef and not nonfinite:
+def cast_with_feedback(compressor, tensor, state, dtype):
+    """Low-precision copy of tensor + residual; the rounding error becomes the attempt's residual (finite
+    values beyond the range saturate; a NaN or Inf input makes the step's result non-finite, and the
+    exchange then keeps the old residual)."""
+    ops = compressor.ops
+    c = ops.add_into(compressor.candidate(state, tensor), tensor, state.residual) if compressor.ef else tensor
+    low, _ = ops.cast(c, dtype)
+    if compressor.ef:
         state.residual = ops.sub_(c, ops.cast(low, "float32")[0])
     return low
 
@@ -25,7 +27,7 @@ class FP16(Compressor):
     options = {"ef": (spec.flag, False)}
 
     def compress(self, tensor, state):
-        return (cast_with_feedback(self.ops, tensor, state, "float16", self.ef),), None
+        return (cast_with_feedback(self, tensor, state, "float16"),), None
 
     def decompress(self, payload, ctx):
         return self.ops.cast(payload[0], "float32")[0]

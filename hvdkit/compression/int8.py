@@ -25,7 +25,7 @@ class Int8(Compressor):
 
     def compress(self, tensor, state):
         ops, block = self.ops, self.spec.arg
-        c = ops.add(tensor, state.residual) if self.ef else tensor
+        c = ops.add_into(self.candidate(state, tensor), tensor, state.residual) if self.ef else tensor
         seed = mix(self.spec.options["seed"], state.seed, state.peer, state.steps)
         q, scales = ops.quantize_int8(c, block, self.spec.options["stochastic"], seed)
         if self.ef:

@@ -21,7 +21,8 @@ class OneBit(Compressor):
 
     def compress(self, tensor, state):
         ops = self.ops
-        residual = state.residual if self.ef else ops.zeros(state.numel, tensor)
+        buffer = self.candidate(state, tensor)
+        residual = ops.copy_into(buffer, state.residual) if self.ef else ops.zero_(buffer)
         bits, scales, residual = ops.sign_ef(tensor, residual, self.spec.options["block"])
         if self.ef:
             state.residual = residual

@@ -92,7 +92,7 @@ class PowerSGD(Compressor):
 
     def compress(self, tensor, state):
         ops, mats = self.ops, factors(state.layout, self.spec.arg)
-        c = ops.add(tensor, state.residual) if self.ef else tensor
+        c = ops.add_into(self.candidate(state, tensor), tensor, state.residual) if self.ef else tensor
         q = state.memory if self.spec.options["warm_start"] else self._random_q(state, tensor)
         q = ops.concat([ops.flatten(ops.orthogonalize(ops.matrix(q, q_off, cols, r)))
                         for _, _, cols, r, _, q_off in mats.mats])
@@ -117,8 +117,7 @@ class PowerSGD(Compressor):
         approx = ops.concat([ops.flatten(ops.matmul(ops.matrix(p, p_off, rows, r), ops.matrix(q, q_off, cols, r),
                                                     transpose_b=True))
                              for _, rows, cols, r, p_off, q_off in factors.mats])
-        if ops.all_finite(q):
-            state.memory = q
-            if self.ef:
-                state.residual = ops.sub_(c, ops.scale(approx, 1.0 / state.peers))
+        state.memory = q  # kept only if the step's result is finite (the state is an attempt)
+        if self.ef:
+            state.residual = ops.sub_(c, ops.scale(approx, 1.0 / state.peers))
         return approx

@@ -18,7 +18,7 @@ class RandomK(Compressor):
 
     def compress(self, tensor, state):
         ops = self.ops
-        c = ops.add(tensor, state.residual) if self.ef else tensor
+        c = ops.add_into(self.candidate(state, tensor), tensor, state.residual) if self.ef else tensor
         seed = mix(self.spec.options["seed"], state.seed, state.steps)
         indices, values = ops.randomk(c, count(self.spec.arg, state.numel), seed)
         if self.ef:

@@ -1,8 +1,16 @@
-"""Per-bucket compression state: error feedback and algorithm memory.
+"""Per-bucket compression state: error feedback and algorithm memory, changed transactionally.
 
 One ``BucketState`` per bucket (per shard of a bucket in hierarchical mode),
 owned by the optimizer, never a module global: Horovod's static compressors
 have nowhere to keep this, which is why they cannot do error feedback.
+
+Error feedback must never lose a gradient (GRACE's "memory"): an exchange
+compresses into ``state.attempt()``, a working copy whose residual, memory
+and server state the compressor may replace or write in place (into
+``spare``, a buffer kept from step to step), and the optimizer ``settle``s
+the attempt once it knows whether the step's global result is finite. A
+skipped step (some rank's gradient was NaN) leaves every residual exactly as
+it was. The verdict may be a device flag, so settling never waits for the GPU.
 """
 
 __all__ = ["BucketState"]
@@ -11,7 +19,8 @@ __all__ = ["BucketState"]
 class BucketState:
     """What one bucket's compressor carries from step to step."""
 
-    __slots__ = ("numel", "layout", "peers", "peer", "seed", "residual", "memory", "steps", "server")
+    __slots__ = ("numel", "layout", "peers", "peer", "seed", "residual", "memory", "steps", "server", "spare",
+                 "pending")
 
     def __init__(self, numel, layout=(), peers=1, peer=0, seed=0):
         # Length of the flat tensor this state compresses; a different length is a bug upstream.
@@ -33,6 +42,11 @@ class BucketState:
         # Two-phase exchange: the state of the chunk sum this rank re-compresses (its own residual,
         # "server" error feedback); None until first use.
         self.server = None
+        # A buffer of ``numel`` elements that compressors write the candidate residual into (None until used):
+        # the committed residual and this one swap roles when an attempt is kept.
+        self.spare = None
+        # The attempt of the exchange in flight, until ``settle``.
+        self.pending = None
 
     def server_state(self, numel):
         """The state of this rank's chunk sum in a two-phase exchange (``numel`` elements), made on first use."""
@@ -40,14 +54,46 @@ class BucketState:
             self.server = BucketState(numel, peers=1, peer=self.peer, seed=self.seed ^ 0x5EED)
         return self.server
 
-    def scratch(self):
-        """A throwaway copy for an input that is not finite: the compressor may run on it (so every
-        rank still joins the collective) while this state's residual and memory stay untouched."""
-        other = BucketState(self.numel, self.layout, self.peers, self.peer, self.seed)
-        other.memory = self.memory
-        other.steps = self.steps
-        other.server = self.server.scratch() if self.server is not None else None
-        return other
+    def attempt(self):
+        """The working copy one exchange compresses with (kept as ``pending`` until ``settle``).
+        Compressors must not write into the committed ``residual``: they write into ``spare`` or make a
+        new tensor, and assign the result to the attempt's ``residual``."""
+        self.pending = self._copy()
+        return self.pending
+
+    def _copy(self):
+        work = BucketState(self.numel, self.layout, self.peers, self.peer, self.seed)
+        work.residual, work.memory, work.steps, work.spare = self.residual, self.memory, self.steps, self.spare
+        work.server = self.server._copy() if self.server is not None else None
+        return work
+
+    def settle(self, bad, select):
+        """Keep the pending attempt's residual, memory and server state unless ``bad``: a Python bool, or a
+        device flag (then ``select(bad, old, new)`` picks on the device, with no host read). The step
+        count advances either way (it varies seeds)."""
+        work, self.pending = self.pending, None
+        if work is not None:
+            self._commit(work, bad, select)
+
+    def _commit(self, work, bad, select):
+        self.steps = work.steps
+        old = self.residual
+        if bad is True or work.residual is None:
+            pass
+        elif bad is False or old is None:
+            self.residual = work.residual
+        else:
+            self.residual = select(bad, old, work.residual)
+        if work.residual is work.spare and self.residual is work.residual:
+            self.spare = old  # the buffers swap roles
+        elif work.spare is not None and work.spare is not self.residual:
+            self.spare = work.spare
+        if bad is not True and work.memory is not self.memory:
+            self.memory = work.memory if bad is False or self.memory is None else select(bad, self.memory, work.memory)
+        if work.server is not None:
+            if self.server is None or self.server.numel != work.server.numel:
+                self.server = BucketState(work.server.numel, peers=1, peer=self.peer, seed=self.seed ^ 0x5EED)
+            self.server._commit(work.server, bad, select)
 
     def to_dict(self):
         """The values a checkpoint needs (tensors stay framework tensors)."""

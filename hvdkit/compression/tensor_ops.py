@@ -7,6 +7,12 @@ Every method is functional: it returns its result, and where a torch
 implementation updates a tensor in place it returns that same tensor; callers
 always keep the returned value (a TensorFlow implementation returns new
 tensors). Flat tensors are 1-D float32 unless a method says otherwise.
+
+Whether a value is finite may only be known on the device. Such a *flag*
+(True: not finite) is a Python bool or, in torch, a 0-dim bool tensor that
+stays on the device: flags are combined, used to poison payloads and to
+settle error feedback without a host read, and read (``read_flag``) at most
+once per optimizer step.
 """
 import abc
 
@@ -92,6 +98,23 @@ class TensorOps(abc.ABC):
     def copy(self, x):
         """A copy the receiver may change in place (immutable tensors are their own copy)."""
 
+    def copy_into(self, out, x):
+        """``x``'s values in ``out`` (torch: written into ``out``; immutable tensors: ``x`` itself)."""
+        return x
+
+    def add_into(self, out, x, y):
+        """``x + y``, written into ``out`` where the framework allows it."""
+        return self.add(x, y)
+
+    def zero_(self, x):
+        """Zeros shaped like ``x`` (torch: ``x`` itself, zeroed)."""
+        return self.zeros(self.numel(x), x)
+
+    def concat_into(self, out, parts):
+        """``parts`` joined end to end, in ``out`` where the framework allows it (free when the parts
+        are ``out``'s own consecutive pieces, already written in place)."""
+        return self.concat(parts)
+
     @abc.abstractmethod
     def write_into(self, target, flat):
         """``flat`` (same element count) as ``target``'s value: written into ``target`` and returned
@@ -116,8 +139,9 @@ class TensorOps(abc.ABC):
 
     # --- fusion (hvdkit.ops.pack / unpack in torch) ----------------------------
     @abc.abstractmethod
-    def pack(self, tensors, scale):
-        """Tensors (one dtype) joined into one flat tensor, times ``scale``: (flat, nonfinite: bool)."""
+    def pack(self, tensors, scale, out=None):
+        """Tensors (one dtype) joined into one flat tensor, times ``scale``: (flat, nonfinite flag). ``out``:
+        a buffer of the bucket's wire dtype and size to pack into, reused from step to step."""
 
     @abc.abstractmethod
     def unpack(self, flat, tensors):
@@ -147,6 +171,30 @@ class TensorOps(abc.ABC):
     @abc.abstractmethod
     def poison(self, x):
         """``x`` with its first element set to NaN: marks a payload whose source was not finite."""
+
+    # --- flags (see the module docstring) ------------------------------------------
+    def nonfinite(self, x):
+        """Flag: some element of ``x`` may be NaN or +-Inf. A device flag may also be set by a sum of
+        finite values that overflowed; ``all_finite`` decides exactly."""
+        return not self.all_finite(x)
+
+    def any_flag(self, flags):
+        """One flag, set when any of ``flags`` is."""
+        return any(flags)
+
+    def read_flag(self, flag):
+        """The flag as a Python bool (a host synchronisation for a device flag)."""
+        return bool(flag)
+
+    def poison_where(self, x, flag):
+        """``x``, poisoned (see ``poison``) when ``flag`` is set; a device flag poisons on the device,
+        in place where the framework allows it (``x`` must then be the exchange's own tensor)."""
+        return self.poison(x) if flag else x
+
+    def select(self, flag, if_set, otherwise):
+        """``if_set`` where ``flag`` is set, else ``otherwise`` (same shapes): error feedback settles with
+        this, in ``if_set``'s memory where the framework allows it."""
+        return if_set if flag else otherwise
 
     @abc.abstractmethod
     def sum_chunks(self, x, n, dtype):

@@ -85,7 +85,7 @@ class TFOps(TensorOps):
         for variable, value in zip(parameters, values):
             variable.assign(value)
 
-    def pack(self, tensors, scale):
+    def pack(self, tensors, scale, out=None):  # immutable tensors: no buffer to reuse
         # Horovod cannot reduce bfloat16: such buckets travel as float32 (unpack casts back).
         wire = tf.float32 if tensors[0].dtype == tf.bfloat16 else tensors[0].dtype
         if all(t.dtype in kernels.FLOAT_DTYPES for t in tensors):

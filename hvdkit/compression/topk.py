@@ -27,8 +27,9 @@ class TopK(Compressor):
 
     def compress(self, tensor, state):
         k = count(self.spec.arg, state.numel)
-        indices, values, residual = self.ops.topk_ef(tensor, state.residual if self.ef else None, k,
-                                                     self.spec.options["approx"])
+        ops = self.ops
+        residual = ops.copy_into(self.candidate(state, tensor), state.residual) if self.ef else None
+        indices, values, residual = ops.topk_ef(tensor, residual, k, self.spec.options["approx"])
         if self.ef:
             state.residual = residual
         return (indices, values), state.numel
@@ -46,16 +47,17 @@ class TopK(Compressor):
     def compress_chunks(self, tensor, state, bounds):
         """Each chunk's own top-k at the same density (indices counted from the chunk's start)."""
         ops, ef, approx = self.ops, self.ef, self.spec.options["approx"]
+        candidate = ops.copy_into(self.candidate(state, tensor), state.residual) if ef else None
         indices, values, residuals = [], [], []
         for lo, hi in zip(bounds, bounds[1:]):
             k = self.part_lengths(hi - lo)[0]
-            residual = ops.slice(state.residual, lo, hi) if ef else None
+            residual = ops.slice(candidate, lo, hi) if ef else None
             i, v, r = ops.topk_ef(ops.slice(tensor, lo, hi), residual, k, approx)
             indices.append(i)
             values.append(v)
             residuals.append(r)
         if ef:
-            state.residual = ops.concat(residuals)
+            state.residual = ops.concat_into(candidate, residuals)
         lengths = [ops.numel(v) for v in values]
         return (ops.concat(indices), ops.concat(values)), [lengths, lengths]
 

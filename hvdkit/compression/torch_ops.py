@@ -57,6 +57,20 @@ class TorchOps(TensorOps):
     def copy(self, x):
         return x.clone()
 
+    def copy_into(self, out, x):
+        return out.copy_(x)
+
+    def add_into(self, out, x, y):
+        return torch.add(x, y, out=out)
+
+    def zero_(self, x):
+        return x.zero_()
+
+    def concat_into(self, out, parts):
+        if _tiles(out, parts):
+            return out
+        return torch.cat(parts, out=out)
+
     def write_into(self, target, flat):
         target.copy_(flat.reshape(target.shape))
         return target
@@ -75,14 +89,16 @@ class TorchOps(TensorOps):
             if value is not target:
                 target.copy_(value)
 
-    def pack(self, tensors, scale):
+    def pack(self, tensors, scale, out=None):
         # Horovod cannot reduce bfloat16: such buckets travel as float32 (unpack casts back).
         wire = torch.float32 if tensors[0].dtype == torch.bfloat16 else tensors[0].dtype
+        if out is not None and (out.dtype != wire or out.device != tensors[0].device):
+            out = None
         if all(t.dtype in kernels.FLOAT_DTYPES and t.is_contiguous() for t in tensors):
-            flat, nonfinite = kernels.pack(tensors, dtype=wire, scale=scale, report_nonfinite=True)
-            return flat, bool(nonfinite)
-        flat = torch.cat([t.reshape(-1).to(wire) for t in tensors]).mul_(scale)
-        return flat, not self.all_finite(flat)
+            return kernels.pack(tensors, dtype=None if out is not None else wire, scale=scale, out=out,
+                                report_nonfinite=True)
+        flat = torch.cat([t.reshape(-1).to(wire) for t in tensors], out=out).mul_(scale)
+        return flat, self.nonfinite(flat)
 
     def unpack(self, flat, tensors):
         if flat.dtype in kernels.FLOAT_DTYPES and all(
@@ -119,6 +135,29 @@ class TorchOps(TensorOps):
         x.view(-1)[0] = _NAN_BITS.get(x.dtype, float("nan"))
         return x
 
+    def nonfinite(self, x):
+        if not x.is_floating_point() or x.numel() == 0:
+            return False
+        return ~torch.isfinite(x.sum())
+
+    def any_flag(self, flags):
+        devices = [f for f in flags if isinstance(f, torch.Tensor)]
+        if any(f is True for f in flags) or not devices:
+            return any(f is True for f in flags)
+        return devices[0] if len(devices) == 1 else torch.stack(devices).any()
+
+    def poison_where(self, x, flag):
+        if not isinstance(flag, torch.Tensor) or x.numel() == 0:
+            return super().poison_where(x, flag)
+        head = x.view(-1)[:1]
+        head.copy_(torch.where(flag, _NAN_BITS.get(x.dtype, float("nan")), head))
+        return x
+
+    def select(self, flag, if_set, otherwise):
+        if not isinstance(flag, torch.Tensor):
+            return super().select(flag, if_set, otherwise)
+        return torch.where(flag, if_set, otherwise, out=if_set)
+
     def sum_chunks(self, x, n, dtype):
         chunks = x.view(_DTYPES[dtype]).view(-1, n) if n else x.view(0, 0)
         return chunks.to(torch.float32).sum(dim=0) if n else torch.zeros(0, device=x.device)
@@ -126,8 +165,7 @@ class TorchOps(TensorOps):
     def cast(self, x, dtype):
         if dtype in ("float32", "float64"):
             return x.to(_DTYPES[dtype]), False
-        y, nonfinite = kernels.cast(x, _DTYPES[dtype])
-        return y, bool(nonfinite)  # finite values beyond the range saturate; only NaN/Inf inputs flag
+        return kernels.cast(x, _DTYPES[dtype])  # finite values beyond the range saturate; NaN/Inf inputs flag
 
     def sign_ef(self, x, residual, block):
         bits, scales = kernels.sign_ef(x, residual, block=block)
@@ -140,7 +178,9 @@ class TorchOps(TensorOps):
         return indices, values, residual
 
     def scatter_add(self, indices, values, out):
-        kernels.scatter_add(indices, values, out)
+        # An index out of range (a corrupt payload) poisons ``out`` on the device instead of being read on
+        # the host: the step's non-finite check then catches it.
+        kernels.scatter_add(indices, values, out, on_invalid="poison")
         return out
 
     def matmul(self, a, b, transpose_a=False, transpose_b=False):
@@ -162,3 +202,15 @@ class TorchOps(TensorOps):
 
 
 _EPS = 1e-8  # keeps an all-zero column (vanishing gradient) from dividing by zero
+
+
+def _tiles(out, parts):
+    """Whether ``parts`` are ``out``'s consecutive pieces, first to last (nothing to copy)."""
+    if out.dtype != parts[0].dtype or sum(p.numel() for p in parts) != out.numel():
+        return False
+    address, step = out.data_ptr(), out.element_size()
+    for part in parts:
+        if part.data_ptr() != address or not part.is_contiguous():
+            return False
+        address += part.numel() * step
+    return True

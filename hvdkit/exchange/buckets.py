@@ -8,7 +8,10 @@ bucket is closed and a new one opened. A tensor larger than the limit gets a
 bucket of its own. ``fusion_bytes=0`` gives one bucket per tensor.
 
 Bucket indices follow the order in which buckets close, which is close to the
-order in which backward fills them. Packing into and out of the flat buffers
+order in which backward fills them. When registration order is not the order
+of backward (modules registered in another order than they run), the front
+end passes the order it saw gradients arrive in (``order``) and the plan takes
+the tensors in that order instead. Packing into and out of the flat buffers
 is the framework's job (``hvdkit.ops.pack/unpack`` in torch).
 """
 import dataclasses
@@ -65,14 +68,19 @@ class Bucket:
         return tuple(s.index for s in self.slots)
 
 
-def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False):
+def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=None):
     """Buckets for ``tensors`` (TensorInfo in registration order).
 
     ``compressible(info)`` says whether a tensor goes to compressed buckets;
-    ``fusion_bytes`` caps a bucket's size in bytes (a bigger tensor gets its own).
+    ``fusion_bytes`` caps a bucket's size in bytes (a bigger tensor gets its own);
+    ``order``: the indices of ``tensors`` in the order to take them (default: reverse registration).
     """
     if fusion_bytes < 0:
         raise ValueError(f"fusion_bytes must be >= 0, got {fusion_bytes}")
+    if order is None:
+        order = list(reversed(range(len(tensors))))
+    elif sorted(order) != list(range(len(tensors))):
+        raise ValueError(f"order must list each of the {len(tensors)} tensor indices once, got {order}")
     buckets = []
     open_buckets = {}  # (dtype, compressed) -> indices of the tensors in the bucket being filled
     open_numel = {}  # (dtype, compressed) -> elements in that bucket so far
@@ -88,7 +96,7 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False):
         itemsize = tensors[members[0]].itemsize
         buckets.append(Bucket(len(buckets), key[0], key[1], tuple(slots), offset, offset * itemsize))
 
-    for index in reversed(range(len(tensors))):
+    for index in order:
         info = tensors[index]
         key = (info.dtype, bool(compressible(info)))
         if key in open_buckets and (open_numel[key] + info.numel) * info.itemsize > fusion_bytes:

@@ -98,10 +98,10 @@ def reduce_exchange(tensor, links, name, scale=1.0, inplace=False):
     meter = StatsMeter()  # the collectives keep no statistics; the strategies want somewhere to count
     if links.intra is None:
         state = BucketState(ops.numel(tensor))
-        return (yield from strategies.flat(none, tensor, state, links.world, name, meter, True, scale, inplace))
+        return (yield from strategies.flat(none, tensor, state, links.world, name, meter, False, scale, inplace))
     flat = ops.reshape(tensor, (-1,))
     state = BucketState(strategies.shares(ops.numel(tensor), links.intra.size)[links.intra.position])
-    whole = yield from strategies.sharded(none, flat, state, links, name, meter, True, scale)
+    whole = yield from strategies.sharded(none, flat, state, links, name, meter, False, scale)
     return ops.write_into(tensor, whole) if inplace else ops.reshape(whole, ops.shape(tensor))
 
 

@@ -5,17 +5,18 @@ is a generator: it yields the requests of its next stage and is sent their
 outputs, until it returns its result. A ``Flight`` runs one exchange: an
 optimizer starts it when a bucket fills, ``poll()``s it from later gradient
 hooks (so multi-stage exchanges move on during backward, and every flight in
-progress moves on together) and ``wait()``s in ``step()``. A transport starts
+progress moves on together) and waits for them all in ``step()``
+(``as_completed``: whichever finishes first is handled first). A transport starts
 the requests: ``HorovodTransport`` on real ranks
 (:mod:`hvdkit.exchange.simulate` has one for many ranks in one process).
 """
 import os
 import time
 
-__all__ = ["Flight", "HorovodTransport"]
+__all__ = ["Flight", "HorovodTransport", "as_completed"]
 
-# Flight.wait: yield-poll this long per stage, then sleep this fraction of the
-# time waited so far, at least _MIN_SLEEP_S (see Flight.wait for why).
+# as_completed: yield-poll this long after any flight moved on, then sleep this fraction of
+# the time waited so far, at least _MIN_SLEEP_S (see as_completed for why).
 _SPIN_S = 1e-3
 _SLEEP_FRACTION = 0.02
 _MIN_SLEEP_S = 20e-6
@@ -112,25 +113,44 @@ class Flight:
         return self._done
 
     def wait(self):
-        """Block until finished; return the result.
-
-        For the first millisecond of each stage it polls with ``sched_yield``,
-        like ``hvd.synchronize``, so short collectives see no extra latency.
-        After that it sleeps between polls, each sleep 2 % of the time waited
-        so far (at least 20 us), so completion is noticed at most ~2 % late.
-        A caller that keeps spinning competes for the CPU with Horovod's
-        background thread, which does the work: on the 2-core machine under
-        load from other processes, spinning made 16-64 MiB allreduces 2x
-        slower (benchmarks/README.md, section "allreduce").
-        """
-        started, stage = time.perf_counter(), self._stages
-        while not self.poll():
-            now = time.perf_counter()
-            if self._stages != stage:  # the next stage started
-                started, stage = now, self._stages
-            waited = now - started
-            if waited < _SPIN_S:
-                os.sched_yield()
-            else:
-                time.sleep(max(_MIN_SLEEP_S, _SLEEP_FRACTION * waited))
+        """Block until finished; return the result (see :func:`as_completed` for how it waits)."""
+        for _ in as_completed({None: self}):
+            pass
         return self.result
+
+
+def as_completed(flights):
+    """Yield ``(key, flight)`` for each flight of the dict ``flights`` as it finishes.
+
+    Every flight is polled each round, so all of them progress together: a
+    later bucket's next stage never waits for an earlier bucket's. For the
+    first millisecond after any flight moved on it polls with
+    ``sched_yield``, like ``hvd.synchronize``, so short collectives see no
+    extra latency. After that it sleeps between rounds, each sleep 2 % of the
+    time waited so far (at least 20 us), so completion is noticed at most ~2 %
+    late. A caller that keeps spinning competes for the CPU with Horovod's
+    background thread, which does the work: on the 2-core machine under load
+    from other processes, spinning made 16-64 MiB allreduces 2x slower
+    (benchmarks/README.md, section "allreduce").
+    """
+    waiting = dict(flights)
+    started = time.perf_counter()
+    while waiting:
+        moved = False
+        for key, flight in list(waiting.items()):
+            stages = flight._stages
+            if flight.poll():
+                del waiting[key]
+                moved = True
+                yield key, flight
+            elif flight._stages != stages:
+                moved = True
+        now = time.perf_counter()
+        if moved:
+            started = now
+            continue
+        waited = now - started
+        if waited < _SPIN_S:
+            os.sched_yield()
+        else:
+            time.sleep(max(_MIN_SLEEP_S, _SLEEP_FRACTION * waited))

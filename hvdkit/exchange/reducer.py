@@ -16,8 +16,24 @@ and applies the policy for non-finite results:
   which skips the step itself).
 
 In every case error-feedback residuals and PowerSGD's factors keep their last
-finite values.
+finite values: compressors work on attempts (``BucketState.attempt``) that
+``finish`` settles once the step's global result is known.
+
+No host synchronisation on the way: whether a bucket is finite stays a device
+flag (``TensorOps``) that poisons payloads and settles error feedback on the
+device; ``finish`` reads the step's one combined flag once (never under
+``"pass"``), and ``StepStats.host_syncs`` counts the reads. Each bucket packs
+into the same buffer every step, and summable payloads are reduced in place.
+
+The bucket plan starts from reverse registration order. A front end that sees
+the order in which gradients become ready (torch's hooks) holds the first
+step's buckets back until backward has finished and passes that order to
+``adopt_order`` before launching them: every rank takes rank 0's order, so
+from the second step on communication starts as early as backward allows,
+and every step, the first included, is compressed with the same plan.
 """
+import logging
+import time
 import warnings
 
 from hvdkit.compression import registry
@@ -26,13 +42,14 @@ from hvdkit.compression.state import BucketState
 from hvdkit.exchange import consistency, strategies
 from hvdkit.exchange.buckets import plan_buckets
 from hvdkit.exchange.cost import prefer_two_phase
-from hvdkit.exchange.engine import Flight
+from hvdkit.exchange.engine import Flight, as_completed
 from hvdkit.exchange.options import check_nonfinite
 from hvdkit.exchange.stats import StatsMeter
 
 __all__ = ["Reducer", "ReducerView"]
 
 _WHERE = "hvdkit DistributedOptimizer"  # how per-step errors name the optimizer
+_log = logging.getLogger(__name__)
 STRATEGIES = {"flat": strategies.flat, "two_phase": strategies.two_phase, "sharded": strategies.sharded,
               "matrix_sharded": strategies.matrix_sharded, "replicated": strategies.replicated}
 
@@ -42,9 +59,10 @@ class Reducer:
 
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
                  "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
-                 "fusion_bytes", "changed")
+                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning")
 
-    def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt"):
+    def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt",
+                 plan_from_first_step=False):
         check_nonfinite(nonfinite)
         self.infos = list(infos)  # exchange.buckets.TensorInfo per tensor, registration order
         self.ops = ops  # the framework's TensorOps
@@ -56,16 +74,47 @@ class Reducer:
         self.nonfinite = nonfinite  # policy for non-finite results (see module docstring)
         self.name = name  # prefix of this optimizer's Horovod op names
         self.prescale = 1.0 / links.world.size if average else 1.0  # divide before summing
-        self.buckets = plan_buckets(self.infos, fusion_bytes, self._compressible)  # exchange.buckets.Bucket list
-        self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
+        self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
+        self.order = None  # tensor indices in the order the plan takes them (None: reverse registration)
+        self._plan(None)
         self.steps = 0  # exchanges finished (optimizer steps synchronised)
         self.states = {}  # (bucket index, strategy name) -> BucketState
         self.flights = {}  # bucket index -> engine.Flight of the step in progress
         self.meter = StatsMeter()  # totals of the step in progress
         self.last_stats = None  # stats.StepStats of the last finished step
         self._checked = False  # ranks compared their models (first launch)
-        self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
         self.changed = []  # this rank's tensors that changed shape or dtype since the plan, until finish()
+        self.buffers = {}  # bucket index -> the flat buffer its tensors are packed into, reused every step
+        self.attempted = []  # BucketStates with an attempt in flight, settled in finish()
+        # Until adopt_order: the front end records the order of the first step's gradients, launching nothing.
+        self.planning = plan_from_first_step and links.world.size > 1
+        if links.world.size == 1 and self.compressor.name != "none":
+            _log.warning("hvdkit: one rank: gradients are applied as they are, without compression (%s) or "
+                         "exchange", self.spec)
+
+    def _plan(self, order):
+        """Bucket plan over the tensors taken in ``order`` (None: reverse registration order)."""
+        self.order = order
+        self.buckets = plan_buckets(self.infos, self.fusion_bytes, self._compressible, order)
+        self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
+        self.buffers = {}
+
+    def adopt_order(self, ready):
+        """Before the first launch: rebuild the buckets in the order ``ready`` (tensor indices, as this rank's
+        gradients became ready; missing ones go last), the same on every rank (rank 0's, through one
+        allgather). Returns whether the plan changed."""
+        if not self.planning:
+            return False
+        if self.flights or self.states:
+            raise RuntimeError("adopt_order() must come before the first bucket is launched")
+        self.planning = False
+        seen = set(ready)
+        mine = list(ready) + [i for i in reversed(range(len(self.infos))) if i not in seen]
+        order = self.transport.allgather_object(mine)[0]
+        if order == list(reversed(range(len(self.infos)))):
+            return False
+        self._plan(order)
+        return True
 
     def _compressible(self, info):
         return (self.compressor.name != "none" and info.dtype == "float32"
@@ -145,23 +194,29 @@ class Reducer:
         if changes and self.links.world.size == 1:
             consistency.require_unchanged(changes, lambda mine: [mine], where=_WHERE)
         self.meter.bucket(bucket.nbytes)
-        compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
-        if not compressed and self.links.world.size == 1:  # a lone rank's average is its own gradient
+        if self.links.world.size == 1:  # a lone rank's average is its own gradient, uncompressed
             self.flights[bucket_index] = _Unexchanged(tensors)
             return
+        compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
         if changes:  # send a poisoned bucket of the planned size: no rank waits on a mismatch; finish() names it
             self.changed += changes
-            flat, nonfinite = self._filler(bucket, tensors[0]), True
+            flat, bad = self._filler(bucket, tensors[0]), True
         else:
-            flat, nonfinite = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale)
+            flat, bad = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale,
+                                         self.buffers.get(bucket_index))
+            self.buffers[bucket_index] = flat
         compressor = self.compressor if compressed else self.dense
         route, options = self._route(bucket, compressor)
+        if route in ("flat", "sharded") and compressor.summable:
+            options["inplace"] = True  # the packed buffer and compressed payloads belong to the exchange
         link = self.links.world if route in ("flat", "two_phase") else self.links
-        # This rank's finiteness settles a flat exchange; a hierarchical one checks the node sum, which
+        # This rank's flag settles a flat exchange; a hierarchical one checks the node sum, which
         # carries every local rank's NaN.
-        finite = not nonfinite if route in ("flat", "two_phase") else None
-        exchange = STRATEGIES[route](compressor, flat, self._state(bucket, route), link,
-                                     f"hvdkit.{self.name}.b{bucket.index}", self.meter, finite, **options)
+        bad = bad if route in ("flat", "two_phase") else None
+        state = self._state(bucket, route)
+        self.attempted.append(state)
+        exchange = STRATEGIES[route](compressor, flat, state, link, f"hvdkit.{self.name}.b{bucket.index}",
+                                     self.meter, bad, **options)
         self.meter.route(_route_name(route, options, compressor))
         self.flights[bucket_index] = Flight(self.transport, exchange)
 
@@ -177,28 +232,56 @@ class Reducer:
         """Wait for every launched bucket and unpack it: ``targets(bucket_index)`` gives the tensors to
         unpack into (torch: the ``.grad`` tensors, written in place); without it the flat buckets are
         returned. Returns ({bucket index: unpacked tensors or flat bucket}, finite), applies the
-        non-finite policy and records this step's StepStats in ``last_stats``."""
-        results, bad = {}, []
-        for index in sorted(self.flights):
-            flight = self.flights[index]
+        non-finite policy, settles error feedback and records this step's StepStats in ``last_stats``.
+        Under ``"pass"`` nothing is read from the device and ``finite`` is True."""
+        results, reduced, flags = {}, {}, []
+        check = self.nonfinite != "pass"
+        for index, flight in self.flights.items():
             if isinstance(flight, _Unexchanged):
-                if not all(self.ops.all_finite(t) for t in flight.tensors):
-                    bad.append(index)
+                reduced[index] = flight.tensors
+                flags += [self.ops.nonfinite(t) for t in flight.tensors] if check else []
                 results[index] = flight.tensors if targets is not None else self.ops.pack(flight.tensors, 1.0)[0]
-                continue
-            flat = self.meter.timed("wait_s", flight.wait)
-            if not self.ops.all_finite(flat):
-                bad.append(index)
-            results[index] = flat if targets is None or self.changed else self.meter.timed(
-                "pack_s", self.ops.unpack, flat, targets(index))
-        if bad:
+        exchanged = {i: f for i, f in self.flights.items() if not isinstance(f, _Unexchanged)}
+        finished = as_completed(exchanged)
+        while True:
+            item = self.meter.timed("wait_s", next, finished, None)
+            if item is None:
+                self.meter.ended = time.perf_counter()
+                break
+            index, flight = item
+            flat = reduced[index] = flight.result
+            flags.append(self.ops.nonfinite(flat))
+            if targets is None or self.changed:
+                results[index] = self.ops.copy(flat) if flat is self.buffers.get(index) else flat
+            else:
+                results[index] = self.meter.timed("pack_s", self.ops.unpack, flat, targets(index))
+        bad = self._bad_buckets(self.ops.any_flag(flags), reduced) if check else []
+        if bad or (self.changed and not check):
             self._check_unchanged()
+        self._settle(bad if check else self.ops.any_flag(flags))
         self.last_stats = self.meter.finish(self.steps, skipped=bool(bad) and self.nonfinite == "skip")
         self.flights, self.meter = {}, StatsMeter()
         self.steps += 1
         if bad:
             self._nonfinite(bad)
         return results, not bad
+
+    def _bad_buckets(self, flag, reduced):
+        """The buckets whose result is not finite: one host read of the step's flag; only when it is set
+        (rarely: a NaN, or a sum of finite values that overflowed) is every bucket checked exactly."""
+        if not isinstance(flag, bool):
+            self.meter.host_syncs += 1
+        if not self.ops.read_flag(flag):
+            return []
+        return sorted(index for index, value in reduced.items()
+                      if not all(self.ops.all_finite(t) for t in (value if isinstance(value, list) else [value])))
+
+    def _settle(self, bad):
+        """Keep or drop every attempt of this step (``bad``: the non-finite buckets, or a device flag)."""
+        verdict = bool(bad) if isinstance(bad, list) else bad
+        for state in self.attempted:
+            state.settle(verdict, self.ops.select)
+        self.attempted = []
 
     def _filler(self, bucket, like):
         """NaN-poisoned zeros in the bucket's wire dtype (its own; bfloat16 travels as float32)."""
@@ -211,10 +294,11 @@ class Reducer:
         """Every rank sees the same non-finite buckets; if some rank's tensors changed (and it sent a filler),
         raise on every rank naming them (hvdkit.exchange.consistency.require_unchanged)."""
         changed, self.changed = self.changed, []
+        gather = self.transport.allgather_object if self.nonfinite != "pass" else (lambda mine: [mine])
         try:
-            consistency.require_unchanged(changed, self.transport.allgather_object, where=_WHERE)
+            consistency.require_unchanged(changed, gather, where=_WHERE)
         except ValueError:
-            self.flights, self.meter = {}, StatsMeter()
+            self.flights, self.meter, self.attempted = {}, StatsMeter(), []
             raise
 
     def _nonfinite(self, bad):
@@ -229,7 +313,7 @@ class Reducer:
                           RuntimeWarning, stacklevel=4)
 
     def state_dict(self):
-        return {"steps": self.steps, "compression": str(self.spec),
+        return {"steps": self.steps, "compression": str(self.spec), "order": self.order,
                 "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()}}
 
     def load_state_dict(self, saved):
@@ -237,6 +321,12 @@ class Reducer:
             raise ValueError(f"checkpoint was saved with compression {saved['compression']!r}, "
                              f"this optimizer uses {str(self.spec)!r}")
         self.steps = int(saved["steps"])
+        order = saved.get("order")  # absent in checkpoints written before buckets followed the gradients' order
+        if order is not None and order != self.order:
+            self._plan(list(order))
+            self.states = {}
+        if order is not None or self.steps > 0:
+            self.planning = False
         for key, value in saved["buckets"].items():
             index, route = key.split(":")
             if int(index) >= len(self.buckets) or route not in STRATEGIES:

@@ -126,10 +126,10 @@ def _exchange(compressor, route, tensor, layout, links, meter):
     numel = ops.numel(tensor)
     if route in ("ring", "allreduce", "allgather") or (route == "hierarchical" and links.intra is None):
         state = BucketState(numel, layout, links.world.size, 0)
-        return strategies.flat(compressor, tensor, state, links.world, "scale", meter, True)
+        return strategies.flat(compressor, tensor, state, links.world, "scale", meter, False)
     if route == "two_phase":
         return strategies.two_phase(compressor, tensor, BucketState(numel, layout, links.world.size, 0),
-                                    links.world, "scale", meter, True)
+                                    links.world, "scale", meter, False)
     if not compressor.elementwise:
         assignment = strategies.assign_matrices(layout, links.intra.size)
         if assignment is None:
@@ -146,7 +146,7 @@ def _exchange(compressor, route, tensor, layout, links, meter):
     share = strategies.shares(numel, links.intra.size)[0]
     two = cost.prefer_two_phase(compressor, share, links.cross.size)
     state = BucketState(share, (), links.cross.size, 0)
-    return strategies.sharded(compressor, tensor, state, links, "scale", meter, True,
+    return strategies.sharded(compressor, tensor, state, links, "scale", meter, False,
                               cross=strategies.two_phase if two else strategies.flat)
 
 

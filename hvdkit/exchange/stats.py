@@ -37,7 +37,14 @@ class StepStats:
     pack_ms: float  # time packing gradients into buckets and unpacking results
     wait_ms: float  # time synchronize() blocked on communication still in flight
     skipped: bool  # the reduced gradients were not finite (see the optimizer's ``nonfinite``)
+    exchange_ms: float = 0.0  # from the first bucket's launch to the last bucket's result
+    host_syncs: int = 0  # device values the step read on the host (the non-finite flag: 0 or 1)
     routes: tuple = ()  # ((route, buckets), ...): how the buckets travelled, e.g. ("flat/two_phase", 3)
+
+    @property
+    def hidden_fraction(self):
+        """The part of the exchange that overlapped computation (backward) instead of blocking the step."""
+        return 1.0 - self.wait_ms / self.exchange_ms if self.exchange_ms > 0 else 0.0
 
     @property
     def compression_ratio(self):
@@ -45,14 +52,15 @@ class StepStats:
         return self.compressed_dense_bytes / self.compressed_bytes if self.compressed_bytes else 1.0
 
     def as_dict(self):
-        return dict(dataclasses.asdict(self), compression_ratio=self.compression_ratio, routes=dict(self.routes))
+        return dict(dataclasses.asdict(self), compression_ratio=self.compression_ratio,
+                    hidden_fraction=self.hidden_fraction, routes=dict(self.routes))
 
 
 class StatsMeter:
     """Running totals for the step in progress."""
 
     __slots__ = ("buckets", "dense_bytes", "bytes_sent", "wire_bytes", "compressed_dense_bytes",
-                 "compressed_bytes", "kernel_s", "pack_s", "wait_s", "routes")
+                 "compressed_bytes", "kernel_s", "pack_s", "wait_s", "routes", "host_syncs", "started", "ended")
 
     def __init__(self):
         self.buckets = 0  # buckets launched
@@ -65,8 +73,13 @@ class StatsMeter:
         self.pack_s = 0.0  # seconds packing / unpacking
         self.wait_s = 0.0  # seconds blocked on communication
         self.routes = {}  # route name -> buckets that took it
+        self.host_syncs = 0  # device flags read on the host
+        self.started = None  # perf_counter() at the first bucket's launch
+        self.ended = None  # perf_counter() when the last bucket's result arrived
 
     def bucket(self, nbytes):
+        if self.started is None:
+            self.started = time.perf_counter()
         self.buckets += 1
         self.dense_bytes += nbytes
 
@@ -95,4 +108,7 @@ class StatsMeter:
                          wire_bytes=self.wire_bytes, compressed_dense_bytes=self.compressed_dense_bytes,
                          compressed_bytes=self.compressed_bytes, kernel_ms=1e3 * self.kernel_s,
                          pack_ms=1e3 * self.pack_s, wait_ms=1e3 * self.wait_s, skipped=skipped,
+                         host_syncs=self.host_syncs,
+                         exchange_ms=0.0 if self.started is None else 1e3 * (
+                             (self.ended or time.perf_counter()) - self.started),
                          routes=tuple(sorted(self.routes.items())))

@@ -95,24 +95,31 @@ def _request(kind, tensor, link, name, meter, compressed=False, **options):
     return Request(kind, tensor, link, name, **options)
 
 
-def flat(compressor, tensor, state, link, name, meter, finite, scale=1.0, inplace=False):
-    """Compress, exchange over ``link`` (all rounds), decompress. ``finite``: whether ``tensor``
-    is finite (None: check). A non-finite input is compressed with a scratch state and its payload
-    poisoned, so the residual stays clean and every rank sees a non-finite result. ``scale`` and
-    ``inplace`` (see ``Request``) apply to the sum of a one-round summable payload only."""
+def _poisoned(ops, payload, bad):
+    """The payload with its last tensor poisoned where ``bad`` (a flag): every rank then sees a
+    non-finite result, whatever the compressor dropped."""
+    return tuple(payload[:-1]) + (ops.poison_where(payload[-1], bad),)
+
+
+def flat(compressor, tensor, state, link, name, meter, bad, scale=1.0, inplace=False):
+    """Compress, exchange over ``link`` (all rounds), decompress. ``bad``: the flag of ``tensor``
+    (``TensorOps``: set when it may not be finite; None: compute it, on the device). The compressor
+    works on ``state.attempt()``, which the caller settles once the step's result is known; a non-finite
+    input's payload is poisoned, so every rank sees a non-finite result and keeps its old residual.
+    ``scale`` applies to the sum of a one-round summable payload only; ``inplace`` (see ``Request``)
+    lets summable payloads be reduced in place (the exchange owns them)."""
     ops = compressor.ops
-    if (scale != 1.0 or inplace) and not (compressor.summable and compressor.rounds == 1):
-        raise ValueError(f"scale and inplace apply to one-round summable payloads, not to {compressor.name}")
-    if finite is None:
-        finite = ops.all_finite(tensor)
-    use = state if finite else state.scratch()
-    compressor.prepare(use, tensor)
+    if scale != 1.0 and not (compressor.summable and compressor.rounds == 1):
+        raise ValueError(f"scale applies to one-round summable payloads, not to {compressor.name}")
+    if bad is None:
+        bad = ops.nonfinite(tensor)
+    compressor.prepare(state, tensor)
+    work = state.attempt()
     compressed = compressor.name != "none"
     if compressed:
         meter.compressed_input(nbytes(tensor))
-    payload, ctx = meter.timed("kernel_s", compressor.compress, tensor, use)
-    if not finite:
-        payload = tuple(payload[:-1]) + (ops.poison(payload[-1]),)
+    payload, ctx = meter.timed("kernel_s", compressor.compress, tensor, work)
+    payload = _poisoned(ops, payload, bad)
     kind = "allreduce" if compressor.summable else "allgather"
     for round_index in range(compressor.rounds):
         if round_index:
@@ -120,65 +127,60 @@ def flat(compressor, tensor, state, link, name, meter, finite, scale=1.0, inplac
         reduced = yield [_request(kind, part, link, f"{name}.{round_index}.{i}", meter, compressed,
                                   **({"scale": scale, "inplace": inplace} if compressor.summable else {}))
                          for i, part in enumerate(payload)]
-    state.steps += 1
+    work.steps += 1
     return meter.timed("kernel_s", compressor.decompress, reduced, ctx)
 
 
-def two_phase(compressor, tensor, state, link, name, meter, finite):
-    """The two-phase compressed exchange over ``link`` (see the module docstring); ``finite`` as for
-    :func:`flat`. Chunk sums that are not finite are compressed with a scratch server state and
-    poisoned, as in :func:`flat`, so every rank sees a non-finite result and no residual takes it in."""
+def two_phase(compressor, tensor, state, link, name, meter, bad):
+    """The two-phase compressed exchange over ``link`` (see the module docstring); ``bad`` and
+    ``state`` as for :func:`flat` (the attempt carries the server state too). A chunk sum that may not
+    be finite is poisoned as in :func:`flat`, so every rank sees a non-finite result."""
     ops = compressor.ops
-    if finite is None:
-        finite = ops.all_finite(tensor)
-    use = state if finite else state.scratch()
-    compressor.prepare(use, tensor)
-    meter.compressed_input(nbytes(tensor))
+    if bad is None:
+        bad = ops.nonfinite(tensor)
     bounds = chunk_bounds(state.numel, link.size, compressor.chunk_grain)
-    parts, splits = meter.timed("kernel_s", compressor.compress_chunks, tensor, use, bounds)
-    if not finite:
-        parts = tuple(parts[:-1]) + (ops.poison(parts[-1]),)
+    start, stop = bounds[link.position], bounds[link.position + 1]
+    compressor.prepare(state, tensor)
+    compressor.prepare(state.server_state(stop - start), tensor)
+    work = state.attempt()
+    meter.compressed_input(nbytes(tensor))
+    parts, splits = meter.timed("kernel_s", compressor.compress_chunks, tensor, work, bounds)
+    parts = _poisoned(ops, parts, bad)
     received = yield [_request("alltoall", part, link, f"{name}.a2a.{i}", meter, True, splits=tuple(split))
                       for i, (part, split) in enumerate(zip(parts, splits))]
-    start, stop = bounds[link.position], bounds[link.position + 1]
     chunk_sum = meter.timed("kernel_s", compressor.decompress, tuple(received), stop - start)
-    server = state.server_state(stop - start)
-    chunk_finite = ops.all_finite(chunk_sum)
-    use_server = server if chunk_finite else server.scratch()
-    compressor.prepare(use_server, chunk_sum)
-    payload, _ = meter.timed("kernel_s", compressor.compress, chunk_sum, use_server)
-    payload = compressor.placed(tuple(payload), start)
-    if not chunk_finite:
-        payload = tuple(payload[:-1]) + (ops.poison(payload[-1]),)
+    chunk_bad = ops.nonfinite(chunk_sum)
+    payload, _ = meter.timed("kernel_s", compressor.compress, chunk_sum, work.server)
+    payload = _poisoned(ops, compressor.placed(tuple(payload), start), chunk_bad)
     gathered = yield [_request("allgather", part, link, f"{name}.ag.{i}", meter, True)
                       for i, part in enumerate(payload)]
-    state.steps += 1
-    server.steps += 1
+    work.steps += 1
+    work.server.steps += 1
     return meter.timed("kernel_s", compressor.decompress, tuple(gathered), state.numel)
 
 
-def sharded(compressor, tensor, state, links, name, meter, finite, scale=1.0, cross=flat):
+def sharded(compressor, tensor, state, links, name, meter, bad, scale=1.0, cross=flat, inplace=False):
     """Hierarchical exchange of an elementwise compressor; ``state`` covers this rank's share.
-    ``finite`` is whether the node-summed share is known to be finite (None: check it, for it carries
-    any rank's NaN). ``scale`` as for :func:`flat`, applied between the nodes; ``cross`` is the
+    ``bad`` is the flag of the node-summed share (None: compute it, for it carries any rank's NaN).
+    ``scale`` and ``inplace`` as for :func:`flat`, applied between the nodes; ``cross`` is the
     strategy of the hop between nodes (:func:`flat` or :func:`two_phase`)."""
     share, = yield [_request("reducescatter", tensor, links.intra, f"{name}.rs", meter)]
     if cross is two_phase:
-        reduced = yield from two_phase(compressor, share, state, links.cross, f"{name}.x", meter, finite)
+        reduced = yield from two_phase(compressor, share, state, links.cross, f"{name}.x", meter, bad)
     else:
-        reduced = yield from flat(compressor, share, state, links.cross, f"{name}.x", meter, finite, scale)
+        reduced = yield from flat(compressor, share, state, links.cross, f"{name}.x", meter, bad, scale, inplace)
     whole, = yield [_request("allgather", reduced, links.intra, f"{name}.ag", meter)]
     return whole
 
 
-def matrix_sharded(compressor, tensor, state, links, name, meter, finite, assignment):
+def matrix_sharded(compressor, tensor, state, links, name, meter, bad, assignment):
     """Hierarchical exchange of a shape-aware compressor (see the module docstring). ``assignment``:
     ((offset, numel), ...) of each local rank's matrices in the bucket (``assign_matrices``); ``state``
-    covers this rank's matrices, back to back. ``finite`` as for :func:`sharded`, of the node sum."""
+    covers this rank's matrices, back to back. ``bad`` as for :func:`sharded`, of the node sum."""
     ops = compressor.ops
     node_sum, = yield [_request("allreduce", tensor, links.intra, f"{name}.node", meter)]
     mine = ops.concat([ops.slice(node_sum, offset, offset + numel) for offset, numel in assignment[links.intra.position]])
-    reduced = yield from flat(compressor, mine, state, links.cross, f"{name}.x", meter, finite)
+    reduced = yield from flat(compressor, mine, state, links.cross, f"{name}.x", meter, bad)
     gathered, = yield [_request("allgather", reduced, links.intra, f"{name}.ag", meter)]
     pieces, start = {}, 0
     for matrices in assignment:
@@ -210,11 +212,11 @@ def _numel(shape):
     return n
 
 
-def replicated(compressor, tensor, state, links, name, meter, finite):
+def replicated(compressor, tensor, state, links, name, meter, bad):
     """Hierarchical exchange for shape-aware compressors: node sum, then the same compressed exchange
-    among the nodes on every local rank. ``finite`` as for :func:`sharded`, of the node sum."""
+    among the nodes on every local rank. ``bad`` as for :func:`sharded`, of the node sum."""
     node_sum, = yield [_request("allreduce", tensor, links.intra, f"{name}.node", meter)]
-    return (yield from flat(compressor, node_sum, state, links.cross, f"{name}.x", meter, finite))
+    return (yield from flat(compressor, node_sum, state, links.cross, f"{name}.x", meter, bad))
 
 
 def chunk_bounds(numel, parts, grain=1):

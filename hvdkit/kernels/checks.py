@@ -15,8 +15,9 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 
 def topk_approx_floor(k):
-    """The fewest entries ``topk_ef(..., approx=True)`` returns for ``k``
-    (given that many non-zero entries of ``x + residual``)."""
+    """The fewest entries ``topk_ef(..., approx=True)`` selects for ``k``
+    (given that many non-zero entries of ``x + residual``); its payload always
+    holds ``k`` pairs, the slots not selected padded with ``(0, -0.0)``."""
     return (k + 1) // 2
 
 
@@ -48,6 +49,19 @@ def check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+ON_INVALID = ("raise", "poison")
+
+
+def check_on_invalid(on_invalid):
+    """What scatter_add does with an out-of-range index: ``"raise"`` or ``"poison"``.
+    Returns True for ``"poison"``."""
+    if not isinstance(on_invalid, str):
+        raise TypeError(f"on_invalid must be a str, got {type(on_invalid).__name__}")
+    if on_invalid not in ON_INVALID:
+        raise ValueError(f"on_invalid must be 'raise' or 'poison', got {on_invalid!r}")
+    return on_invalid == "poison"
 
 
 def seed64(seed):

@@ -41,7 +41,7 @@ import importlib.util
 import tensorflow as tf
 
 from hvdkit.kernels.checks import (DEFAULT_BLOCK, MAX_ELEMENTS, PUBLIC_NAMES, check_block, check_bool, check_int,
-                                   check_scale, run_or_explain, seed64, topk_approx_floor)
+                                   check_on_invalid, check_scale, run_or_explain, seed64, topk_approx_floor)
 
 __all__ = list(PUBLIC_NAMES)
 
@@ -342,10 +342,14 @@ def sign_decode(bits, scales, n, block=DEFAULT_BLOCK, out=None, accumulate=False
 
 def topk_ef(x, residual, k, approx=False):
     """Top-k by magnitude of ``c = x + residual`` with error feedback, as in
-    :func:`hvdkit.ops.topk_ef`. Returns ``(indices int32, values float32,
-    new_residual)``: ``values = c[indices]``, ``new_residual`` is ``c`` with
-    those entries zeroed, shaped like ``residual``. Exact: ``k`` entries;
-    ``approx``: between ``topk_approx_floor(k)`` and ``k``."""
+    :func:`hvdkit.kernels.torch_ops.topk_ef`. Returns ``(indices int32 [k],
+    values float32 [k], new_residual)``: ``values = c[indices]`` for the
+    selected entries, ``new_residual`` is ``c`` with those entries zeroed,
+    shaped like ``residual``. Always exactly ``k`` pairs (a static shape, in
+    both modes): zeros of ``c`` are never selected, and the free slots hold the
+    pad ``(0, -0.0)`` (an exact no-op for :func:`scatter_add`; the residual is
+    not touched there). Exact: ``min(k, nonzero(c))`` selected; ``approx``: at
+    least ``min(topk_approx_floor(k), nonzero(c))`` and at most ``k``."""
     _check_tensor("x", x, (tf.float32,))
     _check_tensor("residual", residual, (tf.float32,))
     n = _numel(x)
@@ -365,13 +369,17 @@ def randomk(x, k, seed):
     return tuple(_library().hvdkit_randomk(x, _seed(seed), k=k))
 
 
-def scatter_add(indices, values, out):
+def scatter_add(indices, values, out, *, on_invalid="raise"):
     """``out`` with ``values[i]`` added at flat index ``indices[i]`` for every
     i, in order; ``indices`` and ``values`` may be many ranks' payloads end to
-    end. An index outside ``[0, out.size)`` raises
-    ``tf.errors.InvalidArgumentError`` when the op runs."""
+    end. If an index lies outside ``[0, out.size)`` nothing is added and, with
+    ``on_invalid="raise"`` (default), ``tf.errors.InvalidArgumentError`` is
+    raised when the op runs; with ``on_invalid="poison"`` the op succeeds and
+    returns ``out`` with its first element set to NaN (when ``out`` is not
+    empty), for a non-finite check downstream to catch."""
     _check_tensor("indices", indices, (tf.int32,))
     _check_tensor("values", values, (tf.float32,))
     _check_tensor("out", out, (tf.float32,))
     _check_numel("values", values, _numel(indices), f"indices has {_numel(indices)}")
-    return _library().hvdkit_scatter_add(indices, values, out)
+    poison = check_on_invalid(on_invalid)
+    return _library().hvdkit_scatter_add(indices, values, out, poison=poison)

@@ -188,12 +188,22 @@ def sign_decode(bits, scales, n, block=DEFAULT_BLOCK, out=None, accumulate=False
 
 def topk_ef(x, residual, k, approx=False):
     """Exact for either value of ``approx`` (the kernel's approximate mode is
-    checked by its properties instead). NaN magnitudes are not ordered here as
-    in the kernels (largest first): give it finite inputs."""
+    checked by its properties instead). Always ``k`` pairs: zeros of ``c`` are
+    never selected, and where ``c`` has fewer than ``k`` non-zero entries the
+    free slots (last) hold the pad ``(0, -0.0)``, the residual untouched there.
+    NaN magnitudes are not ordered here as in the kernels (largest first): give
+    it finite inputs."""
     c = _flat(x) + _flat(residual)
     indices = tf.math.top_k(tf.abs(c), k, sorted=False).indices
-    new_residual = tf.tensor_scatter_nd_update(c, indices[:, None], tf.zeros([k]))
-    return indices, tf.gather(c, indices), tf.reshape(new_residual, tf.shape(residual))
+    values = tf.gather(c, indices)
+    selected = tf.not_equal(values, 0.0)
+    order = tf.argsort(tf.cast(tf.logical_not(selected), tf.int32), stable=True)  # pads last
+    indices, values, selected = tf.gather(indices, order), tf.gather(values, order), tf.gather(selected, order)
+    taken = tf.boolean_mask(indices, selected)
+    new_residual = tf.tensor_scatter_nd_update(c, taken[:, None], tf.zeros_like(taken, tf.float32))
+    indices = tf.where(selected, indices, tf.zeros_like(indices))
+    values = tf.where(selected, values, tf.fill(tf.shape(values), -0.0))
+    return indices, values, tf.reshape(new_residual, tf.shape(residual))
 
 
 def randomk_indices(n, k, seed):
@@ -211,6 +221,16 @@ def randomk(x, k, seed):
     return indices, tf.gather(_flat(x), indices)
 
 
-def scatter_add(indices, values, out):
-    """Duplicate indices add in input order (TensorFlow's CPU scatter loops in order)."""
-    return tf.reshape(tf.tensor_scatter_nd_add(_flat(out), indices[:, None], values), tf.shape(out))
+def scatter_add(indices, values, out, *, on_invalid="raise"):
+    """Duplicate indices add in input order (TensorFlow's CPU scatter loops in
+    order). An index outside ``[0, out.size)`` adds nothing and raises, or with
+    ``on_invalid="poison"`` returns ``out`` with its first element NaN."""
+    flat = _flat(out)
+    n = int(tf.size(flat))
+    if bool(tf.reduce_any((indices < 0) | (indices >= n))):
+        if on_invalid != "poison":
+            raise tf.errors.InvalidArgumentError(None, None, f"indices must lie in [0, {n}) (the size of out)")
+        if n:
+            flat = tf.tensor_scatter_nd_update(flat, [[0]], [float("nan")])
+        return tf.reshape(flat, tf.shape(out))
+    return tf.reshape(tf.tensor_scatter_nd_add(flat, indices[:, None], values), tf.shape(out))

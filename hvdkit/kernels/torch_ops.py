@@ -30,6 +30,7 @@ from hvdkit.kernels.checks import DEFAULT_BLOCK, MAX_ELEMENTS, PUBLIC_NAMES, top
 from hvdkit.kernels.checks import check_block as _check_block
 from hvdkit.kernels.checks import check_bool as _check_bool
 from hvdkit.kernels.checks import check_int as _check_int
+from hvdkit.kernels.checks import check_on_invalid as _check_on_invalid
 from hvdkit.kernels.checks import run_or_explain as _run_or_explain
 from hvdkit.kernels.checks import check_scale as _check_scale
 from hvdkit.kernels.checks import seed64 as _seed64
@@ -369,16 +370,26 @@ def sign_decode(bits, scales, n, block=DEFAULT_BLOCK, out=None, accumulate=False
 def topk_ef(x, residual, k, approx=False):
     """Top-k by magnitude of ``c = x + residual`` with error feedback.
 
-    Returns ``(indices int32, values float32)`` in no particular order, with
-    ``values = c[indices]``; ``residual`` becomes ``c`` with the selected
-    entries zeroed (so decoded + new residual == c, bit for bit). Exact: exactly
-    ``k`` entries, the largest ``|c|`` (NaN counts as largest; ties broken
-    arbitrarily). ``approx``: a threshold estimated from a sample (as in Deep
-    Gradient Compression) selects between ``topk_approx_floor(k)`` and ``k``
-    entries (fewer only if ``c`` has fewer non-zero entries). On CPU every
-    selected entry is at least as large in magnitude as every unselected one;
-    on CUDA, when more than ``k`` pass the threshold, which of them stay in the
-    residual is arbitrary.
+    Returns ``(indices int32 [k], values float32 [k])``: always exactly ``k``
+    pairs, in both modes and on every device, so payloads have one size on
+    every rank and the CUDA kernel never reads a count back to the host. The
+    selected entries come in no particular order, with ``values = c[indices]``;
+    ``residual`` becomes ``c`` with the selected entries zeroed (so decoded +
+    new residual == c, bit for bit). Entries where ``c`` is zero are never
+    selected (and never in preference to a non-zero one): the slots left free
+    hold the padding pair ``(index 0, value -0.0)``, which any decoder may add
+    like a real pair (``v + -0.0 == v`` bit for bit, whatever ``v``) and which
+    leaves the residual alone (``residual[0]`` keeps its value unless index 0
+    was really selected). Pads are recognisable as ``values`` whose bits are
+    those of -0.0 (a selected value is never zero).
+
+    Exact: the largest ``|c|`` (NaN counts as largest; ties broken
+    arbitrarily), ``min(k, nonzero(c))`` of them. ``approx``: a threshold
+    estimated from a sample (as in Deep Gradient Compression) selects at least
+    ``min(topk_approx_floor(k), nonzero(c))`` and at most ``k`` entries. On CPU
+    every selected entry is at least as large in magnitude as every unselected
+    one; on CUDA, when more than ``k`` pass the threshold, which of them stay
+    in the residual is arbitrary.
     """
     _check_tensor("x", x, (torch.float32,))
     _check_tensor("residual", residual, (torch.float32,), x.device)
@@ -398,18 +409,30 @@ def randomk(x, k, seed):
     return _library().randomk(x, k, _seed64(seed))
 
 
-def scatter_add(indices, values, out):
-    """``out.view(-1)[indices[i]] += values[i]`` for every i, in order (on CPU;
-    CUDA uses atomics, so duplicate indices sum in any order). ``indices`` and
-    ``values`` may be the concatenated payloads of many ranks. Raises
-    ``ValueError`` without touching ``out`` if an index is outside
-    ``[0, out.numel())``. Returns ``out``."""
+def scatter_add(indices, values, out, *, on_invalid="raise"):
+    """``out.view(-1)[indices[i]] += values[i]`` for every i, in order: pairs
+    with the same index are added in input order on CPU and on CUDA alike (the
+    CUDA kernel sorts the pairs stably by index, no atomics), so the result is
+    the same on every run and every rank, and equal bit for bit to a sequential
+    loop. ``indices`` and ``values`` may be the concatenated payloads of many
+    ranks. Returns ``out``.
+
+    If an index lies outside ``[0, out.numel())`` nothing is added, and
+    ``on_invalid`` says what else happens:
+
+    * ``"raise"`` (default): ``ValueError``; ``out`` is left untouched. On
+      CUDA this reads a flag back from the device (one synchronisation).
+    * ``"poison"``: no error and no host read at all; the kernel sets
+      ``out[0]`` to NaN on the device (when ``out`` is not empty), so that a
+      non-finite check on the decoded result catches the corrupt payload.
+    """
     _check_tensor("indices", indices, (torch.int32,))
     _check_tensor("values", values, (torch.float32,), indices.device)
     _check_tensor("out", out, (torch.float32,), indices.device)
     if indices.numel() != values.numel():
         raise ValueError(f"indices has {indices.numel()} entries, values has {values.numel()}")
-    bad = _library().scatter_add(indices, values, out)
-    if bool(bad):
+    poison = _check_on_invalid(on_invalid)
+    bad = _library().scatter_add(indices, values, out, poison)
+    if not poison and bool(bad):
         raise ValueError(f"indices must lie in [0, {out.numel()}) (the size of out); some do not")
     return out

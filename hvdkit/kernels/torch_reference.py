@@ -185,12 +185,19 @@ def sign_decode(bits, scales, n, block=DEFAULT_BLOCK, out=None, accumulate=False
 
 def topk_ef(x, residual, k, approx=False):
     """Exact for either value of ``approx`` (the kernel's approximate mode is
-    checked by its properties instead)."""
+    checked by its properties instead). Always ``k`` pairs: zeros of ``c`` are
+    never selected, and where ``c`` has fewer than ``k`` non-zero entries the
+    free slots (last) hold the pad ``(0, -0.0)``, the residual untouched there."""
     c = x.reshape(-1) + residual.reshape(-1)
     indices = torch.topk(c.abs(), k, sorted=False).indices
     values = c[indices]
-    c[indices] = 0.0
+    selected = values != 0  # NaN is selected
+    order = torch.argsort((~selected).to(torch.uint8), stable=True)  # pads last
+    indices, values, selected = indices[order], values[order], selected[order]
+    c[indices[selected]] = 0.0
     residual.copy_(c.view_as(residual))
+    indices = torch.where(selected, indices, torch.zeros_like(indices))
+    values = torch.where(selected, values, torch.full_like(values, -0.0))
     return indices.int(), values
 
 
@@ -207,8 +214,19 @@ def randomk(x, k, seed):
     return indices, x.reshape(-1)[indices.long()]
 
 
-def scatter_add(indices, values, out):
-    out.view(-1).index_add_(0, indices.long(), values)
+def scatter_add(indices, values, out, *, on_invalid="raise"):
+    """In input order (``index_add_`` on CPU loops in order). An index outside
+    ``[0, out.numel())`` adds nothing and raises, or with ``on_invalid="poison"``
+    sets ``out[0]`` to NaN."""
+    flat = out.view(-1)
+    index = indices.long()
+    if bool(((index < 0) | (index >= flat.numel())).any()):
+        if on_invalid != "poison":
+            raise ValueError(f"indices must lie in [0, {flat.numel()}) (the size of out); some do not")
+        if flat.numel():
+            flat[0] = math.nan
+        return out
+    flat.index_add_(0, index, values)
     return out
 
 

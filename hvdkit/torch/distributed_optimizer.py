@@ -27,6 +27,7 @@ from hvdkit.torch.params import named_trainable, tensor_infos
 
 __all__ = ["DistributedOptimizer"]
 
+BUCKET_ORDERS = ("ready", "registration")
 _ids = itertools.count()  # numbers optimizers in creation order (same on every rank) for op names
 
 
@@ -34,7 +35,7 @@ class _DistributedOptimizer(ReducerView):
     """Mixed in front of the wrapped optimizer's class (see ``DistributedOptimizer``)."""
 
     def _hvdkit_setup(self, named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                      nonfinite, sparse_as_dense, local_sgd):
+                      nonfinite, sparse_as_dense, local_sgd, bucket_order):
         named = named_trainable(self.param_groups, named_parameters)
         self._params = [p for _, p in named]  # registration order
         self._names = [name for name, _ in named]
@@ -45,7 +46,9 @@ class _DistributedOptimizer(ReducerView):
         self.sparse_as_dense = sparse_as_dense
         self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), HorovodTransport(hvd),
                                 _links(hierarchical), fusion_bytes=int(fusion_mb * 2**20),
-                                average=op == hvd.Average, nonfinite=nonfinite, name=f"o{next(_ids)}")
+                                average=op == hvd.Average, nonfinite=nonfinite, name=f"o{next(_ids)}",
+                                plan_from_first_step=bucket_order == "ready")
+        self._ready = []  # parameter indices in the order their gradients became ready (first step only)
         self._delay = [backward_passes_per_step] * len(self._params)  # backward passes left per parameter
         self._missing = [len(b.slots) for b in self._reducer.buckets]  # parameters still to finish per bucket
         self._synchronized = False  # synchronize() ran since the last step()
@@ -74,6 +77,12 @@ class _DistributedOptimizer(ReducerView):
                 f"locally.")
         self._delay[index] -= 1
         if self._delay[index] == 0:
+            if self._reducer.planning:  # the first step: launched in synchronize(), once the order is known
+                if not self._ready:
+                    self._reducer.check_ranks()  # mismatched models fail here, inside backward, as a launch would
+                self._grad(index)  # refuses a sparse gradient now, as a launch would
+                self._ready.append(index)
+                return
             bucket = self._reducer.bucket_of[index]
             self._missing[bucket] -= 1
             if self._missing[bucket] == 0:
@@ -102,12 +111,16 @@ class _DistributedOptimizer(ReducerView):
     def synchronize(self):
         """Finish every bucket's exchange and write the averaged gradients into ``.grad``."""
         reducer = self._reducer
+        if reducer.planning:
+            reducer.adopt_order(self._ready)
+            self._missing = [len(b.slots) for b in reducer.buckets]
         for bucket in range(len(reducer.buckets)):
             if not reducer.launched(bucket):
                 self._launch(bucket)
         try:
             _, finite = reducer.finish(self._bucket_grads)
         finally:
+            self._ready = []
             self._delay = [self.backward_passes_per_step] * len(self._params)
             self._missing = [len(b.slots) for b in reducer.buckets]
         self._skip_update = not finite and reducer.nonfinite == "skip"
@@ -237,7 +250,7 @@ def _constructor_kwargs(optimizer):
 def DistributedOptimizer(optimizer, named_parameters=None, compression="none", backward_passes_per_step=1,
                          op=hvd.Average, gradient_predivide_factor=1.0, num_groups=0, groups=None,
                          sparse_as_dense=False, process_set=None, *, fusion_mb=DEFAULT_FUSION_MB,
-                         hierarchical=False, nonfinite="skip", local_sgd=None):
+                         hierarchical=False, nonfinite="skip", local_sgd=None, bucket_order="ready"):
     """Wrap ``optimizer`` so that ``step()`` applies gradients averaged (or summed) over all ranks.
 
     The first arguments are ``horovod.torch.DistributedOptimizer``'s, in its order. hvdkit adds:
@@ -255,6 +268,10 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     * ``local_sgd``: a ``hvdkit.averaging.PeriodicAverager`` for post-local SGD: its ``warmup_steps``
       are ordinary synchronous steps, after which each rank steps on its own gradients and the averager
       averages the parameters on its schedule (e.g. every 8 steps, or ``{1: "node", 8: "world"}``).
+    * ``bucket_order``: ``"ready"`` (default) builds the buckets in the order the first step's gradients
+      became ready (as DDP rebuilds its buckets; rank 0's order on every rank; that step's buckets leave
+      when backward has finished), so from then on communication starts as early as backward allows;
+      ``"registration"`` keeps the reverse registration order.
 
     ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16 only).
     ``gradient_predivide_factor`` must stay 1.0: hvdkit always divides by the world size before summing.
@@ -266,6 +283,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
         raise ValueError(f"op must be hvd.Average, hvd.Sum or hvd.Adasum, got {op!r}")
     refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set)
     check_exchange_arguments(hierarchical, fusion_mb, nonfinite)
+    if bucket_order not in BUCKET_ORDERS:
+        raise ValueError(f"bucket_order must be one of {', '.join(map(repr, BUCKET_ORDERS))}, got {bucket_order!r}")
     spec = resolve(compression)
     if local_sgd is not None and not hasattr(local_sgd, "in_warmup"):
         raise ValueError(f"local_sgd must be a hvdkit.averaging.PeriodicAverager, got {local_sgd!r}")
@@ -276,7 +295,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     type(optimizer).__init__(wrapped, optimizer.param_groups, **_constructor_kwargs(optimizer))
     wrapped.state.update(optimizer.state)
     wrapped._hvdkit_setup(named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                          nonfinite, sparse_as_dense, local_sgd)
+                          nonfinite, sparse_as_dense, local_sgd, bucket_order)
     return wrapped
 
 

@@ -49,14 +49,18 @@ def assert_same_on_every_rank(hvd, tensors):
 
 def simulate(size, ranks_per_node, spec, hierarchical, steps, fusion_mb=FUSION_MB):
     """The same training run with ``size`` ranks simulated in this process (hvdkit.exchange.simulate):
-    parameters after every step."""
+    parameters after every step. As the optimizer does by default, the buckets are built in the order
+    PyTorch's gradient hooks fired in the first step."""
     model = make_model()
     named = list(model.named_parameters())
+    ready = []
+    for index, (_, p) in enumerate(named):
+        p.register_post_accumulate_grad_hook(lambda _, index=index: ready.append(index))
     infos = [TensorInfo(n, tuple(p.shape), "float32", 4) for n, p in named]
     world = SimulatedWorld(size, ranks_per_node)
     reducers = [Reducer(infos, resolve(spec), TorchOps(), world.transport(r),
                         world.links(r, hierarchical), fusion_bytes=int(fusion_mb * 2**20), average=True,
-                        name="sim") for r in range(size)]
+                        name="sim", plan_from_first_step=True) for r in range(size)]
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     history = []
     for step in range(steps):
@@ -65,9 +69,11 @@ def simulate(size, ranks_per_node, spec, hierarchical, steps, fusion_mb=FUSION_M
             model.zero_grad()
             loss_of(model, r, step).backward()
             grads.append([p.grad.clone() for _, p in named])
+        order = ready[:len(named)]
 
         def exchange(rank):
             reducer = reducers[rank]
+            reducer.adopt_order(order)
             for b in reducer.buckets:
                 reducer.launch(b.index, [grads[rank][s.index] for s in b.slots])
             results, _ = reducer.finish()

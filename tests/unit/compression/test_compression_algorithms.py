@@ -48,8 +48,10 @@ def combine(compressor, payloads):
 
 
 def exchange(compressor, xs, sts):
-    """Every rank's decoded result (all equal) and the payloads of the first round."""
-    compressed = [compressor.compress(x, s) for x, s in zip(xs, sts)]
+    """Every rank's decoded result (all equal) and the payloads of the first round. Each rank compresses
+    into an attempt of its state, kept only when the result is finite (as the exchange does)."""
+    works = [s.attempt() for s in sts]
+    compressed = [compressor.compress(x, w) for x, w in zip(xs, works)]
     first = [p for p, _ in compressed]
     payloads, ctxs = first, [c for _, c in compressed]
     for round_index in range(compressor.rounds):
@@ -60,6 +62,9 @@ def exchange(compressor, xs, sts):
     results = [compressor.decompress(reduced, c) for c in ctxs]
     for r in results[1:]:
         torch.testing.assert_close(r, results[0], rtol=0, atol=0, equal_nan=True, msg="ranks decoded differently")
+    bad = not bool(torch.isfinite(results[0]).all())
+    for s in sts:
+        s.settle(bad, OPS.select)
     return results[0], first
 
 
@@ -293,16 +298,51 @@ def test_powersgd_rejects_a_non_contiguous_layout():
         c.prepare(st, torch.zeros(1))
 
 
-def test_scratch_state_leaves_the_real_residual_alone():
-    c = create("topk:0.1", OPS)
-    st = states(c, ranks=1)[0]
+EF_SPECS = ["topk:0.1", "topk:0.1,approx=1", "onebit,block=64", "int8,ef=1", "fp16,ef=1", "bf16,ef=1",
+            "randomk:0.1", "powersgd:1"]
+
+
+def one_rank_exchange(compressor, x, state):
+    """Every round of one rank's exchange (its own payload is the reduced one)."""
+    payload, ctx = compressor.compress(x, state)
+    for _ in range(compressor.rounds - 1):
+        payload, ctx = compressor.next_round(payload, ctx)
+    return compressor.decompress(payload, ctx)
+
+
+@pytest.mark.parametrize("spec", EF_SPECS)
+def test_an_attempt_leaves_the_committed_state_alone_until_settled(spec):
+    c = create(spec, OPS)
+    st = states(c, ranks=1, layout=((0, (20, 50)),))[0]
     st.residual += 1.0
     before = st.residual.clone()
-    scratch = st.scratch()
-    c.prepare(scratch, torch.zeros(1))
-    c.compress(torch.full((N,), float("nan")), scratch)
+    memory = None if st.memory is None else st.memory.clone()
+    x = torch.linspace(-3, 3, N)
+    work = st.attempt()
+    one_rank_exchange(c, x, work)
+    assert torch.equal(st.residual, before), "the exchange wrote into the committed residual"
+    st.settle(True, OPS.select)  # the step's result was not finite: nothing changes
     assert torch.equal(st.residual, before)
-    assert scratch.residual is not st.residual
+    assert memory is None or torch.equal(st.memory, memory)
+    work = st.attempt()
+    one_rank_exchange(c, x, work)
+    candidate = work.residual.clone()
+    st.settle(False, OPS.select)
+    assert torch.equal(st.residual, candidate)
+    assert not torch.equal(candidate, before)
+
+
+@pytest.mark.parametrize("bad", [True, False])
+def test_a_device_flag_settles_like_a_host_one(bad):
+    c = create("topk:0.1", OPS)
+    st, twin = states(c, ranks=2)
+    for state in (st, twin):
+        state.residual += 0.5
+        c.compress(torch.linspace(-1, 1, N), state.attempt())
+    st.settle(bad, OPS.select)
+    twin.settle(torch.tensor(bad), OPS.select)
+    assert torch.equal(st.residual, twin.residual)
+    assert torch.equal(st.residual, torch.full((N,), 0.5)) is bad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int16])

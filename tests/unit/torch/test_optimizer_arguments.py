@@ -113,3 +113,8 @@ def test_adasum_refuses_hvdkit_compressors():
         hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
                                           compression="topk:0.1", op=hvdkit_torch.Adasum)
 
+
+
+def test_bucket_order_must_be_known():
+    with pytest.raises(ValueError, match="bucket_order must be one of 'ready', 'registration', got 'arrival'"):
+        wrap(bucket_order="arrival")
