@@ -9,6 +9,7 @@ the node process sets exist (:func:`init`).
 import importlib
 import importlib.util
 import inspect
+import os
 import pkgutil
 
 from hvdkit import topology as _topology
@@ -59,9 +60,23 @@ def horovod_attribute(horovod, module_name, name):
 
 
 def init(horovod, module_name, args, kwargs):
-    """A drop-in's ``init()``: Horovod started through hvdkit's topology (its node process sets and
-    Horovod settings). Horovod's own ``init`` arguments are refused: hvdkit registers the sets itself."""
-    if args or kwargs:
-        raise ValueError(f"{module_name}.init() takes no arguments (hvdkit registers its own process sets); "
-                         f"got {len(args)} positional and {sorted(kwargs)} keyword arguments")
-    return _topology.init(horovod)
+    """A drop-in's ``init(comm=None, process_sets=None)``: Horovod started through hvdkit's topology (its
+    node process sets and Horovod settings), with the user's process sets registered beside them, as
+    Horovod's ``init`` takes them (a list of ``ProcessSet`` or rank lists; ``"dynamic"`` is Horovod's
+    ``HOROVOD_DYNAMIC_PROCESS_SETS=1``: sets added later with ``add_process_set``)."""
+    names = ("comm", "process_sets")
+    if len(args) > len(names) or set(kwargs) - set(names):
+        raise ValueError(f"{module_name}.init() takes comm=None and process_sets=None, got {len(args)} positional "
+                         f"and {sorted(kwargs)} keyword arguments")
+    given = dict(zip(names, args), **kwargs)
+    if given.get("comm") is not None:
+        raise ValueError(f"{module_name}.init(comm=...): hvdkit starts Horovod over the launcher's ranks; "
+                         f"got comm={given['comm']!r} (use process_sets= for subsets of ranks)")
+    process_sets = given.get("process_sets")
+    if isinstance(process_sets, str):
+        if process_sets != "dynamic":
+            raise ValueError(f"{module_name}.init(process_sets={process_sets!r}): expected a list of process "
+                             f"sets or 'dynamic'")
+        os.environ["HOROVOD_DYNAMIC_PROCESS_SETS"] = "1"  # what Horovod's init does with "dynamic"
+        process_sets = None
+    return _topology.init(horovod, process_sets)

@@ -225,10 +225,12 @@ _current = None  # the Topology init() built; None until then
 _framework = None  # the Horovod module init() initialised (one per process)
 
 
-def init(hvd):
+def init(hvd, process_sets=None):
     """Compute the topology, start Horovod with its process sets, return the Topology.
 
-    ``hvd`` is ``horovod.torch`` or ``horovod.tensorflow``. Idempotent: later
+    ``hvd`` is ``horovod.torch`` or ``horovod.tensorflow``; ``process_sets``: the user's own
+    ``hvd.ProcessSet`` objects (or rank lists), registered with hvdkit's node sets, as
+    ``hvd.init(process_sets=...)`` takes them (a user set equal to a node set is that set). Idempotent: later
     calls with the same module return the same Topology. If Horovod was
     already initialised by ``hvd.init()``, this works only where the layout
     needs no process sets beyond the global one (one node, or one rank per
@@ -258,8 +260,10 @@ def init(hvd):
                     "call hvdkit.topology.init(hvd) instead of hvd.init()")
             registered = {}
         else:
+            own = [s if isinstance(s, hvd.ProcessSet) else hvd.ProcessSet(s) for s in (process_sets or [])]
             registered = {tuple(ranks): hvd.ProcessSet(ranks) for ranks in wanted}
-            hvd.init(process_sets=list(registered.values()))
+            registered.update({tuple(sorted(s.ranks)): s for s in own if tuple(sorted(s.ranks)) in registered})
+            hvd.init(process_sets=list(registered.values()) + [s for s in own if s not in registered.values()])
         size = sum(len(n) for n in nodes)
         if (hvd.rank(), hvd.size()) != (rank, size):
             raise RuntimeError(

@@ -58,6 +58,7 @@ class Compressor:
     aliases = {}  # other names accepted for options: alias -> option (e.g. PyTorch's names)
     chunk_grain = None  # gathered compressors that run two-phase: chunk boundaries fall on multiples of this
     part_itemsizes = ()  # bytes per element of each payload tensor (gathered compressors; the cost model)
+    decodes_into = False  # decompress writes into the ``out`` buffer it is given (else it ignores it)
 
     def __init__(self, spec, ops):
         self.spec = spec
@@ -91,8 +92,10 @@ class Compressor:
         """Multi-round algorithms: reduced payload of round i -> (payload, ctx) of round i+1."""
         raise NotImplementedError(f"{self.name} exchanges in one round")
 
-    def decompress(self, payload, ctx):
-        """Reduced (summable) or gathered payload -> the dense flat sum over the ranks."""
+    def decompress(self, payload, ctx, out=None):
+        """Reduced (summable) or gathered payload -> the dense flat sum over the ranks. ``out``: a float32
+        buffer of the dense length that decoders which build their result from zeros write into (the
+        exchange keeps one per bucket, reused every step), or None."""
         raise NotImplementedError
 
     # --- two-phase exchange (gathered compressors with a chunk_grain) ---------------------------------

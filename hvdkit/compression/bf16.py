@@ -22,7 +22,7 @@ class BF16(Compressor):
         low = cast_with_feedback(self, tensor, state, "bfloat16")
         return (self.ops.bitcast(low, "int16"),), state.numel
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         return self.ops.sum_chunks(payload[0], ctx, "bfloat16")
 
     part_itemsizes = (2,)  # bfloat16 bits

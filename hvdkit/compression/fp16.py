@@ -29,5 +29,5 @@ class FP16(Compressor):
     def compress(self, tensor, state):
         return (cast_with_feedback(self, tensor, state, "float16"),), None
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         return self.ops.cast(payload[0], "float32")[0]

@@ -18,6 +18,7 @@ class Int8(Compressor):
     argument = spec.Argument("BLOCK", spec.positive_int, default=1024)
     options = {"ef": (spec.flag, False), "stochastic": (spec.flag, False), "seed": (spec.non_negative_int, 0),
                "two_phase": TWO_PHASE_OPTION}
+    decodes_into = True
 
     def __init__(self, spec_, ops):
         super().__init__(spec_, ops)
@@ -32,11 +33,11 @@ class Int8(Compressor):
             state.residual = ops.sub_(c, ops.dequantize_int8(q, scales, block))
         return (q, scales), state.numel
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         ops, block, n = self.ops, self.spec.arg, ctx
         q, scales = payload
         blocks = -(-n // block)
-        out = ops.zeros(n, scales)
+        out = ops.zeros(n, scales) if out is None else ops.zero_(out)
         for r in range(ops.numel(q) // n if n else 0):
             out = ops.dequantize_int8(ops.slice(q, r * n, (r + 1) * n),
                                       ops.slice(scales, r * blocks, (r + 1) * blocks), block, out, True)

@@ -9,5 +9,5 @@ class NoCompression(Compressor):
     def compress(self, tensor, state):
         return (tensor,), None
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         return payload[0]

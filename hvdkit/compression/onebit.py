@@ -14,6 +14,7 @@ class OneBit(Compressor):
     name = "onebit"
     summable = False
     options = {"ef": (spec.flag, True), "block": (spec.block_size, 1024), "two_phase": TWO_PHASE_OPTION}
+    decodes_into = True
 
     def __init__(self, spec_, ops):
         super().__init__(spec_, ops)
@@ -28,9 +29,9 @@ class OneBit(Compressor):
             state.residual = residual
         return (bits, scales), state.numel
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         bits, scales = payload
-        return self.ops.sign_decode(bits, scales, ctx, self.spec.options["block"])
+        return self.ops.sign_decode(bits, scales, ctx, self.spec.options["block"], out)
 
     part_itemsizes = (1, 4)  # sign bits, float32 scales
 

@@ -110,7 +110,7 @@ class PowerSGD(Compressor):
                         for off, rows, cols, r, p_off, _ in factors.mats])
         return (q,), (state, factors, c, p)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         ops = self.ops
         state, factors, c, p = ctx
         q = payload[0]

@@ -15,6 +15,7 @@ class RandomK(Compressor):
     summable = True
     argument = spec.Argument("RATIO", spec.ratio)
     options = {"ef": (spec.flag, True), "seed": (spec.non_negative_int, 0)}
+    decodes_into = True
 
     def compress(self, tensor, state):
         ops = self.ops
@@ -25,6 +26,7 @@ class RandomK(Compressor):
             state.residual = ops.scatter_add(indices, ops.neg(values), c)
         return (values,), (indices, state.numel)
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         indices, n = ctx
-        return self.ops.scatter_add(indices, payload[0], self.ops.zeros(n, payload[0]))
+        out = self.ops.zeros(n, payload[0]) if out is None else self.ops.zero_(out)
+        return self.ops.scatter_add(indices, payload[0], out)

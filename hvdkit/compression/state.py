@@ -20,7 +20,7 @@ class BucketState:
     """What one bucket's compressor carries from step to step."""
 
     __slots__ = ("numel", "layout", "peers", "peer", "seed", "residual", "memory", "steps", "server", "spare",
-                 "pending")
+                 "pending", "buffers")
 
     def __init__(self, numel, layout=(), peers=1, peer=0, seed=0):
         # Length of the flat tensor this state compresses; a different length is a bug upstream.
@@ -47,6 +47,8 @@ class BucketState:
         self.spare = None
         # The attempt of the exchange in flight, until ``settle``.
         self.pending = None
+        # name -> a buffer the exchange decodes into, allocated once (shared with every attempt).
+        self.buffers = {}
 
     def server_state(self, numel):
         """The state of this rank's chunk sum in a two-phase exchange (``numel`` elements), made on first use."""
@@ -64,8 +66,24 @@ class BucketState:
     def _copy(self):
         work = BucketState(self.numel, self.layout, self.peers, self.peer, self.seed)
         work.residual, work.memory, work.steps, work.spare = self.residual, self.memory, self.steps, self.spare
+        work.buffers = self.buffers
         work.server = self.server._copy() if self.server is not None else None
         return work
+
+    def buffer(self, name, n, ops, like):
+        """The buffer ``name`` of ``n`` float32 elements on ``like``'s device, allocated on first use."""
+        buffer = self.buffers.get(name)
+        if buffer is None or ops.numel(buffer) != n:
+            buffer = self.buffers[name] = ops.zeros(n, like)
+        return buffer
+
+    def rescale(self, factor, ops):
+        """Residuals times ``factor``: they follow a loss scale that changed (the step's gradients arrive
+        multiplied by the new scale)."""
+        if self.residual is not None:
+            self.residual = ops.rescale_(self.residual, factor)
+        if self.server is not None:
+            self.server.rescale(factor, ops)
 
     def settle(self, bad, select):
         """Keep the pending attempt's residual, memory and server state unless ``bad``: a Python bool, or a

@@ -160,6 +160,11 @@ class TensorOps(abc.ABC):
     def scale(self, x, factor):
         """``x * factor`` as a new tensor."""
 
+    def rescale_(self, x, factor):
+        """``x * factor`` (``factor`` a number or a 0-dim tensor on ``x``'s device), in place where the
+        framework allows it."""
+        return x * factor
+
     @abc.abstractmethod
     def neg(self, x):
         """``-x`` as a new tensor."""
@@ -217,9 +222,10 @@ class TensorOps(abc.ABC):
     def sign_ef(self, x, residual, block):
         """c = x + residual; (sign bits, scale per block, new residual c - scale*sign(c))."""
 
-    def sign_decode(self, bits, scales, n, block):
-        """Sum of R ranks' back-to-back sign payloads, decoded to ``n`` float32 values."""
-        return self.kernels.sign_decode(bits, scales, n, block=block)
+    def sign_decode(self, bits, scales, n, block, out=None):
+        """Sum of R ranks' back-to-back sign payloads, decoded to ``n`` float32 values (into ``out``, a
+        buffer of ``n`` where the framework allows it)."""
+        return self.kernels.sign_decode(bits, scales, n, block=block, out=out)
 
     @abc.abstractmethod
     def topk_ef(self, x, residual, k, approx):

@@ -113,6 +113,9 @@ class TFOps(TensorOps):
     def scale(self, x, factor):
         return x * tf.constant(factor, x.dtype)
 
+    def rescale_(self, x, factor):
+        return x * tf.cast(factor, x.dtype)
+
     def neg(self, x):
         return -x
 

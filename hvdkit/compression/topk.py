@@ -24,6 +24,7 @@ class TopK(Compressor):
     argument = spec.Argument("RATIO", spec.ratio)
     options = {"ef": (spec.flag, True), "approx": (spec.flag, False), "two_phase": TWO_PHASE_OPTION}
     chunk_grain = 1
+    decodes_into = True
 
     def compress(self, tensor, state):
         k = count(self.spec.arg, state.numel)
@@ -34,9 +35,10 @@ class TopK(Compressor):
             state.residual = residual
         return (indices, values), state.numel
 
-    def decompress(self, payload, ctx):
+    def decompress(self, payload, ctx, out=None):
         indices, values = payload
-        return self.ops.scatter_add(indices, values, self.ops.zeros(ctx, values))
+        out = self.ops.zeros(ctx, values) if out is None else self.ops.zero_(out)
+        return self.ops.scatter_add(indices, values, out)
 
     part_itemsizes = (4, 4)  # int32 indices, float32 values
 

@@ -120,6 +120,9 @@ class TorchOps(TensorOps):
     def scale(self, x, factor):
         return x * factor
 
+    def rescale_(self, x, factor):
+        return x.mul_(factor)
+
     def neg(self, x):
         return -x
 

@@ -73,14 +73,15 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=N
 
     ``compressible(info)`` says whether a tensor goes to compressed buckets;
     ``fusion_bytes`` caps a bucket's size in bytes (a bigger tensor gets its own);
-    ``order``: the indices of ``tensors`` in the order to take them (default: reverse registration).
+    ``order``: the indices of ``tensors`` in the order to take them (default: reverse registration);
+    tensors it leaves out are in no bucket (their front end exchanges them itself).
     """
     if fusion_bytes < 0:
         raise ValueError(f"fusion_bytes must be >= 0, got {fusion_bytes}")
     if order is None:
         order = list(reversed(range(len(tensors))))
-    elif sorted(order) != list(range(len(tensors))):
-        raise ValueError(f"order must list each of the {len(tensors)} tensor indices once, got {order}")
+    elif len(set(order)) != len(order) or not set(order) <= set(range(len(tensors))):
+        raise ValueError(f"order must list tensor indices (0 to {len(tensors) - 1}) at most once, got {order}")
     buckets = []
     open_buckets = {}  # (dtype, compressed) -> indices of the tensors in the bucket being filled
     open_numel = {}  # (dtype, compressed) -> elements in that bucket so far

@@ -26,8 +26,10 @@ class HorovodTransport:
     """Runs Requests through a Horovod module: its ``*_async`` ops where it has them (torch),
     the blocking ones otherwise (TensorFlow, whose ops have finished when the call returns)."""
 
-    def __init__(self, hvd):
+    def __init__(self, hvd, gather_object=None):
         self.hvd = hvd
+        # allgather_object over the exchange's ranks (a process set); default: Horovod's, over the world
+        self._gather_object = gather_object or hvd.allgather_object
 
     def start(self, request):
         hvd = self.hvd
@@ -53,7 +55,7 @@ class HorovodTransport:
         return _output(pending.kind, self.hvd.synchronize(pending.handle))
 
     def allgather_object(self, obj):
-        return self.hvd.allgather_object(obj)
+        return self._gather_object(obj)
 
 
 def _output(kind, value):

@@ -7,7 +7,7 @@ same values and word their errors the same way.
 from hvdkit import topology as _topology
 from hvdkit.exchange.strategies import Link, Links
 
-__all__ = ["DEFAULT_FUSION_MB", "NONFINITE_POLICIES", "check_exchange_arguments", "links",
+__all__ = ["DEFAULT_FUSION_MB", "NONFINITE_POLICIES", "check_exchange_arguments", "links", "process_set_links",
            "refuse_horovod_only_arguments"]
 
 # Bucket size cap. Smaller buckets start communicating earlier in backward (more overlap) but pay
@@ -32,7 +32,8 @@ def check_exchange_arguments(hierarchical, fusion_mb, nonfinite):
     check_nonfinite(nonfinite)
 
 
-def refuse_horovod_only_arguments(hvd, where, gradient_predivide_factor, groups, num_groups, process_set):
+def refuse_horovod_only_arguments(hvd, where, gradient_predivide_factor, groups, num_groups, process_set,
+                                  process_sets_supported=False):
     """Horovod arguments the front ends accept for its call pattern but cannot honour: a clear error
     naming the argument (``where``: what is being built, e.g. "DistributedOptimizer")."""
     if gradient_predivide_factor != 1.0:
@@ -40,7 +41,7 @@ def refuse_horovod_only_arguments(hvd, where, gradient_predivide_factor, groups,
                          f"always divides by the world size before summing (so fp16 cannot overflow)")
     if groups is not None or num_groups:
         raise ValueError("groups / num_groups are not supported; use fusion_mb to size the fused buckets")
-    if process_set is not None and process_set is not hvd.global_process_set:
+    if process_set is not None and process_set is not hvd.global_process_set and not process_sets_supported:
         raise ValueError(f"process_set: hvdkit's {where} reduces over all ranks only")
 
 
@@ -57,6 +58,26 @@ def hierarchical_links(hvd, topology, hierarchical):
     cross_ranks = sorted(node[topology.local_rank] for node in topology.nodes)  # Horovod's order: by rank
     cross = Link(topology.cross_node_set, topology.num_nodes, cross_ranks.index(topology.rank))
     return Links(world, intra, cross)
+
+
+def process_set_links(hvd, process_set, hierarchical, init_name):
+    """The Links of an exchange over ``process_set`` (None or the global set: ``links``). A smaller set
+    exchanges flat among its ranks: its node sets are not registered."""
+    if process_set is None or process_set is hvd.global_process_set or process_set.process_set_id == 0:
+        return links(hvd, hierarchical, init_name)
+    if hierarchical is True:
+        raise ValueError("hierarchical=True applies to the global process set only; a DistributedOptimizer on "
+                         f"process set {process_set.ranks} exchanges flat among its ranks (pass hierarchical=False)")
+    if not hvd.is_initialized():
+        raise RuntimeError(f"hvdkit: Horovod is not initialised; call {init_name} first")
+    ranks = process_set.ranks
+    if ranks is None or hvd.rank() not in ranks:
+        raise ValueError(f"process_set {ranks}: this rank ({hvd.rank()}) is not in it; a DistributedOptimizer "
+                         f"reduces over a set its rank belongs to")
+    if process_set.process_set_id is None:
+        raise ValueError(f"process_set {ranks} is not registered: pass it to hvdkit.torch.init(process_sets=...) "
+                         f"or add it with hvd.add_process_set")
+    return Links(Link(process_set, len(ranks), sorted(ranks).index(hvd.rank())))
 
 
 def links(hvd, hierarchical, init_name):

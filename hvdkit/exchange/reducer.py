@@ -23,7 +23,8 @@ No host synchronisation on the way: whether a bucket is finite stays a device
 flag (``TensorOps``) that poisons payloads and settles error feedback on the
 device; ``finish`` reads the step's one combined flag once (never under
 ``"pass"``), and ``StepStats.host_syncs`` counts the reads. Each bucket packs
-into the same buffer every step, and summable payloads are reduced in place.
+into the same buffer every step, summable payloads are reduced in place, and
+decoders write into buffers kept per bucket (``BucketState.buffer``).
 
 The bucket plan starts from reverse registration order. A front end that sees
 the order in which gradients become ready (torch's hooks) holds the first
@@ -59,7 +60,7 @@ class Reducer:
 
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
                  "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
-                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning")
+                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded")
 
     def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt",
                  plan_from_first_step=False):
@@ -76,6 +77,7 @@ class Reducer:
         self.prescale = 1.0 / links.world.size if average else 1.0  # divide before summing
         self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
         self.order = None  # tensor indices in the order the plan takes them (None: reverse registration)
+        self.excluded = frozenset()  # tensors the front end exchanges itself (sparse gradients)
         self._plan(None)
         self.steps = 0  # exchanges finished (optimizer steps synchronised)
         self.states = {}  # (bucket index, strategy name) -> BucketState
@@ -86,23 +88,28 @@ class Reducer:
         self.changed = []  # this rank's tensors that changed shape or dtype since the plan, until finish()
         self.buffers = {}  # bucket index -> the flat buffer its tensors are packed into, reused every step
         self.attempted = []  # BucketStates with an attempt in flight, settled in finish()
+        self.loss_scale = None  # the loss scale the residuals are in units of (see set_loss_scale)
         # Until adopt_order: the front end records the order of the first step's gradients, launching nothing.
         self.planning = plan_from_first_step and links.world.size > 1
         if links.world.size == 1 and self.compressor.name != "none":
             _log.warning("hvdkit: one rank: gradients are applied as they are, without compression (%s) or "
                          "exchange", self.spec)
 
-    def _plan(self, order):
-        """Bucket plan over the tensors taken in ``order`` (None: reverse registration order)."""
-        self.order = order
-        self.buckets = plan_buckets(self.infos, self.fusion_bytes, self._compressible, order)
+    def _plan(self, order, excluded=()):
+        """Bucket plan over the tensors taken in ``order`` (None: reverse registration order), leaving out
+        ``excluded``."""
+        self.order, self.excluded = order, frozenset(excluded)
+        taken = order if order is not None else list(reversed(range(len(self.infos))))
+        self.buckets = plan_buckets(self.infos, self.fusion_bytes, self._compressible,
+                                    [i for i in taken if i not in self.excluded])
         self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
         self.buffers = {}
 
-    def adopt_order(self, ready):
+    def adopt_order(self, ready, excluded=()):
         """Before the first launch: rebuild the buckets in the order ``ready`` (tensor indices, as this rank's
-        gradients became ready; missing ones go last), the same on every rank (rank 0's, through one
-        allgather). Returns whether the plan changed."""
+        gradients became ready; missing ones go last), leaving out ``excluded`` (tensors the front end
+        exchanges itself: sparse gradients), the same on every rank (rank 0's, through one allgather).
+        Returns whether the plan changed."""
         if not self.planning:
             return False
         if self.flights or self.states:
@@ -110,11 +117,22 @@ class Reducer:
         self.planning = False
         seen = set(ready)
         mine = list(ready) + [i for i in reversed(range(len(self.infos))) if i not in seen]
-        order = self.transport.allgather_object(mine)[0]
-        if order == list(reversed(range(len(self.infos)))):
+        order, excluded = self.transport.allgather_object((mine, sorted(excluded)))[0]
+        if order == list(reversed(range(len(self.infos)))) and not excluded:
             return False
-        self._plan(order)
+        self._plan(order, excluded)
         return True
+
+    def set_loss_scale(self, scale):
+        """Before a step's first launch, under a loss scaler: the scale its gradients are multiplied by (a
+        number or a 0-dim tensor, read on the device). Residuals are kept in the units of the last step's
+        scale; when the scale changed (growth, or back-off after an overflow), every residual is multiplied
+        by new / old, so error feedback never misweights what it carries over."""
+        if self.loss_scale is not None:
+            ratio = scale / self.loss_scale
+            for state in self.states.values():
+                state.rescale(ratio, self.ops)
+        self.loss_scale = scale
 
     def _compressible(self, info):
         return (self.compressor.name != "none" and info.dtype == "float32"
@@ -251,8 +269,8 @@ class Reducer:
             index, flight = item
             flat = reduced[index] = flight.result
             flags.append(self.ops.nonfinite(flat))
-            if targets is None or self.changed:
-                results[index] = self.ops.copy(flat) if flat is self.buffers.get(index) else flat
+            if targets is None or self.changed:  # a copy: the exchange reuses its buffers next step
+                results[index] = self.ops.copy(flat)
             else:
                 results[index] = self.meter.timed("pack_s", self.ops.unpack, flat, targets(index))
         bad = self._bad_buckets(self.ops.any_flag(flags), reduced) if check else []
@@ -314,6 +332,7 @@ class Reducer:
 
     def state_dict(self):
         return {"steps": self.steps, "compression": str(self.spec), "order": self.order,
+                "excluded": sorted(self.excluded), "loss_scale": self.loss_scale,
                 "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()}}
 
     def load_state_dict(self, saved):
@@ -321,9 +340,11 @@ class Reducer:
             raise ValueError(f"checkpoint was saved with compression {saved['compression']!r}, "
                              f"this optimizer uses {str(self.spec)!r}")
         self.steps = int(saved["steps"])
+        self.loss_scale = saved.get("loss_scale")
         order = saved.get("order")  # absent in checkpoints written before buckets followed the gradients' order
-        if order is not None and order != self.order:
-            self._plan(list(order))
+        excluded = frozenset(saved.get("excluded", ()))
+        if (order is not None and order != self.order) or excluded != self.excluded:
+            self._plan(None if order is None else list(order), excluded)
             self.states = {}
         if order is not None or self.steps > 0:
             self.planning = False

@@ -128,7 +128,8 @@ def flat(compressor, tensor, state, link, name, meter, bad, scale=1.0, inplace=F
                                   **({"scale": scale, "inplace": inplace} if compressor.summable else {}))
                          for i, part in enumerate(payload)]
     work.steps += 1
-    return meter.timed("kernel_s", compressor.decompress, reduced, ctx)
+    out = state.buffer("decoded", state.numel, ops, tensor) if compressor.decodes_into else None
+    return meter.timed("kernel_s", compressor.decompress, reduced, ctx, out)
 
 
 def two_phase(compressor, tensor, state, link, name, meter, bad):
@@ -148,7 +149,8 @@ def two_phase(compressor, tensor, state, link, name, meter, bad):
     parts = _poisoned(ops, parts, bad)
     received = yield [_request("alltoall", part, link, f"{name}.a2a.{i}", meter, True, splits=tuple(split))
                       for i, (part, split) in enumerate(zip(parts, splits))]
-    chunk_sum = meter.timed("kernel_s", compressor.decompress, tuple(received), stop - start)
+    chunk_sum = meter.timed("kernel_s", compressor.decompress, tuple(received), stop - start,
+                            state.buffer("chunk", stop - start, ops, tensor))
     chunk_bad = ops.nonfinite(chunk_sum)
     payload, _ = meter.timed("kernel_s", compressor.compress, chunk_sum, work.server)
     payload = _poisoned(ops, compressor.placed(tuple(payload), start), chunk_bad)
@@ -156,7 +158,8 @@ def two_phase(compressor, tensor, state, link, name, meter, bad):
                       for i, part in enumerate(payload)]
     work.steps += 1
     work.server.steps += 1
-    return meter.timed("kernel_s", compressor.decompress, tuple(gathered), state.numel)
+    return meter.timed("kernel_s", compressor.decompress, tuple(gathered), state.numel,
+                       state.buffer("decoded", state.numel, ops, tensor))
 
 
 def sharded(compressor, tensor, state, links, name, meter, bad, scale=1.0, cross=flat, inplace=False):

@@ -79,19 +79,22 @@ class GradientExchange(ReducerView):
 
     # --- the exchange ----------------------------------------------------------------------
     @tf.autograph.experimental.do_not_convert  # plain Python at trace time; AutoGraph would take seconds
-    def reduce(self, grads):
+    def reduce(self, grads, loss_scale=None):
         """``grads`` aligned with ``variables`` (tensors, IndexedSlices or None) -> (reduced grads shaped and
-        typed like the variables, finite: scalar tf.bool). Eager or inside a tf.function."""
+        typed like the variables, finite: scalar tf.bool). Eager or inside a tf.function. ``loss_scale``:
+        the scale the gradients are multiplied by (a LossScaleOptimizer's), which error feedback follows
+        (``Reducer.set_loss_scale``)."""
         grads = list(grads)
         if len(grads) != len(self.variables):
             raise ValueError(f"GradientExchange.reduce: got {len(grads)} gradients for {len(self.variables)} "
                              f"variables")
         dense = [self._dense(i, g) for i, g in enumerate(grads)]
+        scale = tf.constant(0.0) if loss_scale is None else tf.cast(tf.convert_to_tensor(loss_scale), tf.float32)
         if tf.executing_eagerly():
-            outputs = self._exchange(*dense)
+            outputs = self._exchange(*dense, scale)
         else:
             refuse_xla()
-            outputs = tf.py_function(self._exchange, dense, Tout=self._dtypes + [tf.bool],
+            outputs = tf.py_function(self._exchange, dense + [scale], Tout=self._dtypes + [tf.bool],
                                      name="hvdkit_gradient_exchange")
             for tensor, shape in zip(outputs, self._shapes + [tf.TensorShape([])]):
                 tensor.set_shape(shape)
@@ -109,11 +112,15 @@ class GradientExchange(ReducerView):
                              f"({label(self.variables[index])}) has shape {shape} and dtype {dtype.name}")
         return grad
 
-    def _exchange(self, *grads):
-        """The Reducer's step on eager tensors: every bucket exchanged, unpacked in variable order."""
+    def _exchange(self, *inputs):
+        """The Reducer's step on eager tensors (the gradients, then the loss scale, 0 for none): every bucket
+        exchanged, unpacked in variable order."""
+        grads, scale = inputs[:-1], inputs[-1]
         if self.local:  # read when the step runs, so a traced step follows the switch too
             return list(grads) + [tf.constant(True)]
         reducer = self._reducer
+        if float(scale) > 0:
+            reducer.set_loss_scale(scale)
         for bucket in reducer.buckets:
             reducer.launch(bucket.index, [grads[slot.index] for slot in bucket.slots])
         results, finite = reducer.finish(lambda index: [grads[s.index] for s in reducer.buckets[index].slots])

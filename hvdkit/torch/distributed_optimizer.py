@@ -20,10 +20,12 @@ import horovod.torch as hvd
 from hvdkit.compression.horovod_names import resolve
 from hvdkit.compression.torch_ops import TorchOps
 from hvdkit.exchange.engine import HorovodTransport
-from hvdkit.exchange.options import (DEFAULT_FUSION_MB, check_exchange_arguments, links,
+from hvdkit.exchange.options import (DEFAULT_FUSION_MB, check_exchange_arguments, process_set_links,
                                      refuse_horovod_only_arguments)
 from hvdkit.exchange.reducer import Reducer, ReducerView
+from hvdkit.torch.objects import gatherer
 from hvdkit.torch.params import named_trainable, tensor_infos
+from hvdkit.torch.sparse import SparseExchange
 
 __all__ = ["DistributedOptimizer"]
 
@@ -35,7 +37,7 @@ class _DistributedOptimizer(ReducerView):
     """Mixed in front of the wrapped optimizer's class (see ``DistributedOptimizer``)."""
 
     def _hvdkit_setup(self, named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                      nonfinite, sparse_as_dense, local_sgd, bucket_order):
+                      nonfinite, sparse_as_dense, local_sgd, bucket_order, loss_scaler, process_set):
         named = named_trainable(self.param_groups, named_parameters)
         self._params = [p for _, p in named]  # registration order
         self._names = [name for name, _ in named]
@@ -44,11 +46,19 @@ class _DistributedOptimizer(ReducerView):
         self.backward_passes_per_step = backward_passes_per_step
         self.op = op
         self.sparse_as_dense = sparse_as_dense
-        self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), HorovodTransport(hvd),
-                                _links(hierarchical), fusion_bytes=int(fusion_mb * 2**20),
-                                average=op == hvd.Average, nonfinite=nonfinite, name=f"o{next(_ids)}",
-                                plan_from_first_step=bucket_order == "ready")
+        name = f"o{next(_ids)}"
+        links = _links(hierarchical, process_set)
+        self.process_set = links.world.process_set
+        transport = HorovodTransport(hvd, None if self.process_set is hvd.global_process_set
+                                     else gatherer(self.process_set, f"hvdkit.{name}"))
+        self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), transport, links,
+                                fusion_bytes=int(fusion_mb * 2**20), average=op == hvd.Average, nonfinite=nonfinite,
+                                name=name, plan_from_first_step=bucket_order == "ready")
         self._ready = []  # parameter indices in the order their gradients became ready (first step only)
+        self._sparse_seen = set()  # parameters whose gradient was sparse in the first step
+        self._sparse = SparseExchange(f"hvdkit.{name}", op == hvd.Average, self.process_set)
+        self.loss_scaler = loss_scaler  # a GradScaler whose scale error feedback follows
+        self._step_begun = False  # the first gradient of this step arrived (the loss scale was taken)
         self._delay = [backward_passes_per_step] * len(self._params)  # backward passes left per parameter
         self._missing = [len(b.slots) for b in self._reducer.buckets]  # parameters still to finish per bucket
         self._synchronized = False  # synchronize() ran since the last step()
@@ -66,9 +76,18 @@ class _DistributedOptimizer(ReducerView):
         return self.local_sgd is not None and not self.local_sgd.in_warmup
 
     # --- gradients in ----------------------------------------------------------
+    def _begin_step(self):
+        """Once per step, before its first launch: tell the exchange the loss scale of these gradients."""
+        if not self._step_begun:
+            self._step_begun = True
+            scale = getattr(self.loss_scaler, "_scale", None)  # None until the scaler's first scale()
+            if scale is not None:
+                self._reducer.set_loss_scale(scale.detach().clone())
+
     def _grad_ready(self, p):
         if self.local_phase:
             return
+        self._begin_step()
         index = self._index[id(p)]
         if self._delay[index] <= 0:
             raise AssertionError(
@@ -80,8 +99,15 @@ class _DistributedOptimizer(ReducerView):
             if self._reducer.planning:  # the first step: launched in synchronize(), once the order is known
                 if not self._ready:
                     self._reducer.check_ranks()  # mismatched models fail here, inside backward, as a launch would
-                self._grad(index)  # refuses a sparse gradient now, as a launch would
+                if p.grad is not None and p.grad.is_sparse and not self.sparse_as_dense:
+                    self._sparse_seen.add(index)
+                else:
+                    self._grad(index)
                 self._ready.append(index)
+                return
+            if index in self._reducer.excluded:
+                self._sparse.launch(index, p)
+                self._reducer.poll()
                 return
             bucket = self._reducer.bucket_of[index]
             self._missing[bucket] -= 1
@@ -94,9 +120,12 @@ class _DistributedOptimizer(ReducerView):
         if p.grad is None:  # unused in this backward; other ranks may have used it (as Horovod does)
             p.grad = p.detach().new_zeros(p.shape)
         if p.grad.is_sparse:
+            if self._reducer.links.world.size == 1:  # nothing to exchange: it stays as it is
+                return p.grad
             if not self.sparse_as_dense:
-                raise ValueError(f"parameter {self._names[index]!r} has a sparse gradient; pass "
-                                 f"sparse_as_dense=True to DistributedOptimizer to exchange it densely")
+                raise ValueError(f"parameter {self._names[index]!r} has a sparse gradient, but was dense in the "
+                                 f"first step (or bucket_order='registration' planned it dense); pass "
+                                 f"sparse_as_dense=True to exchange it densely")
             p.grad = p.grad.to_dense()
         return p.grad
 
@@ -111,16 +140,21 @@ class _DistributedOptimizer(ReducerView):
     def synchronize(self):
         """Finish every bucket's exchange and write the averaged gradients into ``.grad``."""
         reducer = self._reducer
+        self._begin_step()
         if reducer.planning:
-            reducer.adopt_order(self._ready)
+            reducer.adopt_order(self._ready, sorted(self._sparse_seen))
             self._missing = [len(b.slots) for b in reducer.buckets]
+        for index in reducer.excluded:
+            if index not in self._sparse.flights:
+                self._sparse.launch(index, self._params[index])
         for bucket in range(len(reducer.buckets)):
             if not reducer.launched(bucket):
                 self._launch(bucket)
         try:
             _, finite = reducer.finish(self._bucket_grads)
+            self._sparse.finish(self._params)
         finally:
-            self._ready = []
+            self._ready, self._step_begun = [], False
             self._delay = [self.backward_passes_per_step] * len(self._params)
             self._missing = [len(b.slots) for b in reducer.buckets]
         self._skip_update = not finite and reducer.nonfinite == "skip"
@@ -156,7 +190,8 @@ class _DistributedOptimizer(ReducerView):
         return super().step(closure)
 
     def zero_grad(self, set_to_none=True):
-        if self._reducer.flights or any(d != self.backward_passes_per_step for d in self._delay):
+        if (self._reducer.flights or self._sparse.flights
+                or any(d != self.backward_passes_per_step for d in self._delay)):
             raise AssertionError("optimizer.zero_grad() was called after loss.backward() but before "
                                  "optimizer.step() or optimizer.synchronize(); that would race with the gradient "
                                  "exchange in flight.")
@@ -237,8 +272,8 @@ def _remove(handles):
         handle.remove()
 
 
-def _links(hierarchical):
-    return links(hvd, hierarchical, "hvdkit.torch.init()")
+def _links(hierarchical, process_set=None):
+    return process_set_links(hvd, process_set, hierarchical, "hvdkit.torch.init()")
 
 
 def _constructor_kwargs(optimizer):
@@ -250,7 +285,8 @@ def _constructor_kwargs(optimizer):
 def DistributedOptimizer(optimizer, named_parameters=None, compression="none", backward_passes_per_step=1,
                          op=hvd.Average, gradient_predivide_factor=1.0, num_groups=0, groups=None,
                          sparse_as_dense=False, process_set=None, *, fusion_mb=DEFAULT_FUSION_MB,
-                         hierarchical=False, nonfinite="skip", local_sgd=None, bucket_order="ready"):
+                         hierarchical=False, nonfinite="skip", local_sgd=None, bucket_order="ready",
+                         loss_scaler=None):
     """Wrap ``optimizer`` so that ``step()`` applies gradients averaged (or summed) over all ranks.
 
     The first arguments are ``horovod.torch.DistributedOptimizer``'s, in its order. hvdkit adds:
@@ -272,6 +308,12 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
       became ready (as DDP rebuilds its buckets; rank 0's order on every rank; that step's buckets leave
       when backward has finished), so from then on communication starts as early as backward allows;
       ``"registration"`` keeps the reverse registration order.
+    * ``loss_scaler``: the ``torch.amp.GradScaler`` scaling this job's loss. Error-feedback residuals then
+      follow its scale (multiplied by new / old when it grows or backs off), read on the device; without it,
+      a changing scale would misweight what compression carries from step to step. Use
+      ``nonfinite="pass"`` with it, and Horovod's pattern: ``scaler.scale(loss).backward()``,
+      ``optimizer.synchronize()``, ``scaler.unscale_(optimizer)``, ``with optimizer.skip_synchronize():
+      scaler.step(optimizer)``, ``scaler.update()``.
 
     ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16 only).
     ``gradient_predivide_factor`` must stay 1.0: hvdkit always divides by the world size before summing.
@@ -281,8 +323,11 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
         raise ValueError(f"backward_passes_per_step must be > 0, got {backward_passes_per_step}")
     if op not in (hvd.Average, hvd.Sum, hvd.Adasum):
         raise ValueError(f"op must be hvd.Average, hvd.Sum or hvd.Adasum, got {op!r}")
-    refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set)
+    refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set,
+                                  process_sets_supported=True)
     check_exchange_arguments(hierarchical, fusion_mb, nonfinite)
+    if loss_scaler is not None and not hasattr(loss_scaler, "get_scale"):
+        raise ValueError(f"loss_scaler must be a torch.amp.GradScaler, got {loss_scaler!r}")
     if bucket_order not in BUCKET_ORDERS:
         raise ValueError(f"bucket_order must be one of {', '.join(map(repr, BUCKET_ORDERS))}, got {bucket_order!r}")
     spec = resolve(compression)
@@ -295,7 +340,7 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     type(optimizer).__init__(wrapped, optimizer.param_groups, **_constructor_kwargs(optimizer))
     wrapped.state.update(optimizer.state)
     wrapped._hvdkit_setup(named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                          nonfinite, sparse_as_dense, local_sgd, bucket_order)
+                          nonfinite, sparse_as_dense, local_sgd, bucket_order, loss_scaler, process_set)
     return wrapped
 
 

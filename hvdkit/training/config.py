@@ -14,6 +14,8 @@ from hvdkit.errors import UsageError
 FRAMEWORKS = ("torch", "tensorflow")
 AVAILABLE_FRAMEWORKS = ("torch", "tensorflow")
 MODELS = ("mlp", "cnn", "resnet18")
+DATASETS = ("digits", "synthetic", "mnist1d")  # hvdkit.training.data.DATASETS
+SEQUENCE_DATASETS = ("mnist1d",)  # 1-D samples: mlp, and cnn as a 1-D conv net; no resnet18
 LAUNCHERS = ("mpi", "gloo")
 
 
@@ -45,7 +47,9 @@ def add_arguments(parser):
                         help=f"ranks to launch when not already under a launcher (default {defaults.np})")
     parser.add_argument("--framework", choices=FRAMEWORKS, default=defaults.framework)
     parser.add_argument("--model", choices=MODELS, default=defaults.model)
-    parser.add_argument("--dataset", choices=("digits", "synthetic"), default=defaults.dataset)
+    parser.add_argument("--dataset", choices=DATASETS, default=defaults.dataset,
+                        help="digits (8x8 images), synthetic (3x32x32 images) or mnist1d (length-40 "
+                             f"sequences; --model cnn is then a 1-D conv net) (default {defaults.dataset})")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per rank per step")
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -125,6 +129,9 @@ def validate(config, world_size, train_samples=None, environ=None):
         _positive("--ranks-per-node", config.ranks_per_node)
         if world_size % config.ranks_per_node:
             raise UsageError(f"--ranks-per-node {config.ranks_per_node} does not divide -np {world_size}")
+    if config.dataset in SEQUENCE_DATASETS and config.model == "resnet18":
+        raise UsageError(f"--model resnet18 takes images; --dataset {config.dataset} is 1-D sequences: "
+                         f"use --model cnn (a 1-D conv net there) or --model mlp")
     _check_environment(config, world_size, environ)
     if train_samples is not None:
         check_shard(config, world_size, train_samples)

@@ -93,7 +93,11 @@ def save(config, position, model, optimizer, averager, hvd, topology):
 
 # ------------------------------------------------------------------- train ----
 def _channels_last(x):
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+    """A batch of channels-first samples as the models take them: (N, C, H, W) -> (N, H, W, C),
+    (N, C, L) -> (N, L, C)."""
+    if x.ndim in (3, 4):
+        return np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    return x
 
 
 def limit_threads(environ=os.environ):

@@ -3,7 +3,9 @@
 
 ``input_shape`` is the dataset's channels-first shape (as
 :mod:`hvdkit.training.data` gives it); the models take channels-last images,
-which is what TensorFlow's CPU kernels are fast on (see :func:`channels_last`).
+which is what TensorFlow's CPU kernels are fast on (see :func:`channels_last`);
+1-D inputs ``(C, L)`` (``--dataset mnist1d``) likewise become ``(L, C)``, and
+``cnn`` is then the MNIST-1D paper's 1-D conv net (:func:`cnn1d`).
 Batch normalisation uses torch's constants (momentum 0.1 there is 0.9 here,
 epsilon 1e-5) so both frameworks train the same network.
 """
@@ -16,8 +18,8 @@ BN = {"momentum": 0.9, "epsilon": 1e-5}
 
 
 def channels_last(shape):
-    """(C, H, W) -> (H, W, C); other ranks unchanged."""
-    return (*shape[1:], shape[0]) if len(shape) == 3 else tuple(shape)
+    """(C, H, W) -> (H, W, C) and (C, L) -> (L, C); other ranks unchanged."""
+    return (*shape[1:], shape[0]) if len(shape) in (2, 3) else tuple(shape)
 
 
 def mlp(input_shape, num_classes):
@@ -27,7 +29,27 @@ def mlp(input_shape, num_classes):
     ], name="mlp")
 
 
+# As torch_models (not imported: the TensorFlow job never imports torch): 25 channels; (kernel, stride,
+# padding) of each convolution.
+CNN1D_CHANNELS = 25
+CNN1D_CONVS = ((5, 2, 1), (3, 2, 1), (3, 2, 1))
+
+
+def cnn1d(input_shape, num_classes):
+    """The MNIST-1D paper's CNN, as ``torch_models.cnn1d`` (5,210 parameters on length 40, 10 classes).
+    Keras has no numeric padding for Conv1D: ``ZeroPadding1D`` then a ``valid`` convolution gives
+    torch's ``padding=p`` output lengths exactly."""
+    stack = [keras.Input(channels_last(input_shape))]
+    for kernel, stride, padding in CNN1D_CONVS:
+        stack += [layers.ZeroPadding1D(padding),
+                  layers.Conv1D(CNN1D_CHANNELS, kernel, stride, padding="valid", activation="relu")]
+    return keras.Sequential(stack + [layers.Flatten(), layers.Dense(num_classes)], name="cnn1d")
+
+
 def cnn(input_shape, num_classes):
+    """A small 2-D conv net for images; for 1-D inputs ``(C, L)``, the MNIST-1D CNN (:func:`cnn1d`)."""
+    if len(input_shape) == 2:
+        return cnn1d(input_shape, num_classes)
     return keras.Sequential([
         keras.Input(channels_last(input_shape)),
         layers.Conv2D(32, 3, padding="same", activation="relu"),
@@ -69,6 +91,8 @@ MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
 def build(name, input_shape, num_classes):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if name == "resnet18" and len(input_shape) != 3:
+        raise ValueError(f"resnet18 takes (C, H, W) images, not samples of shape {tuple(input_shape)}")
     return MODELS[name](tuple(input_shape), num_classes)
 
 

@@ -1,5 +1,9 @@
 """Models for ``hvdkit train --framework torch``: small enough for a 2-core
-machine (mlp, cnn) and the standard ResNet-18 for the benchmark."""
+machine (mlp, cnn) and the standard ResNet-18 for the benchmark.
+
+``input_shape`` is one sample's channels-first shape: ``(C, H, W)`` for images,
+``(C, L)`` for sequences (``--dataset mnist1d``), where ``cnn`` is the 1-D conv
+net of the MNIST-1D paper (:func:`cnn1d`)."""
 import math
 
 import torch
@@ -12,7 +16,30 @@ def mlp(input_shape, num_classes):
                          nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
 
+def conv1d_length(length, kernel, stride, padding):
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+# The MNIST-1D paper's CNN (Greydanus & Kobak 2020, ConvBase in its repository): three strided
+# convolutions of 25 channels, (kernel, stride, padding) each, then one linear layer on the flattened
+# features. 5,210 parameters on its length-40 sequences and 10 classes.
+CNN1D_CHANNELS = 25
+CNN1D_CONVS = ((5, 2, 1), (3, 2, 1), (3, 2, 1))
+
+
+def cnn1d(input_shape, num_classes):
+    channels, length = input_shape
+    layers = []
+    for kernel, stride, padding in CNN1D_CONVS:
+        layers += [nn.Conv1d(channels, CNN1D_CHANNELS, kernel, stride, padding), nn.ReLU()]
+        channels, length = CNN1D_CHANNELS, conv1d_length(length, kernel, stride, padding)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * length, num_classes))
+
+
 def cnn(input_shape, num_classes):
+    """A small 2-D conv net for images; for 1-D inputs ``(C, L)``, the MNIST-1D CNN (:func:`cnn1d`)."""
+    if len(input_shape) == 2:
+        return cnn1d(input_shape, num_classes)
     channels = input_shape[0]
     return nn.Sequential(
         nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
@@ -62,4 +89,6 @@ MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": ResNet18}
 def build(name, input_shape, num_classes):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](input_shape, num_classes)
+    if name == "resnet18" and len(input_shape) != 3:
+        raise ValueError(f"resnet18 takes (C, H, W) images, not samples of shape {tuple(input_shape)}")
+    return MODELS[name](tuple(input_shape), num_classes)

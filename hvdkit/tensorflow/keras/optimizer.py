@@ -97,7 +97,8 @@ class _DistributedOptimizerBase:
             if slot is not None and g is not None:
                 full[slot] = g
             slots.append(slot)
-        reduced, finite = exchange.reduce(full)
+        scale = self.dynamic_scale if isinstance(self, keras.optimizers.LossScaleOptimizer) else None
+        reduced, finite = exchange.reduce(full, scale)
         passes = state.settings["passes"]
         out = []
         for g, slot in zip(grads, slots):

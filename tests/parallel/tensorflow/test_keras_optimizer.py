@@ -160,3 +160,26 @@ def test_loss_scale_optimizer_checks_the_averaged_gradients():
     assert_weights_close(model, want)
     assert_same_on_every_rank(model)
     assert optimizer.exchange.steps == steps
+
+
+@pytest.mark.parametrize("spec", ["topk:0.2,min_numel=1", "onebit,block=64,min_numel=1"])
+def test_error_feedback_follows_the_loss_scale(spec):
+    """A LossScaleOptimizer that doubles its scale after every step and halves it on an overflow gives the
+    same compressed training as no loss scaling, the overflowing step left out: residuals are rescaled when
+    the scale changes, and the overflowing step's are not kept."""
+    if hvdk.size() == 1:
+        pytest.skip("a lone rank compresses nothing")
+    steps, bad_step = 6, 3
+    rank = hvdk.rank()
+    make = lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LR, momentum=0.9),  # noqa: E731
+                                                       initial_scale=2.0**8, dynamic_growth_steps=1)
+    poison = (hvdk.size() - 1, bad_step)
+    optimizer = hvdk.DistributedOptimizer(make(), compression=spec)
+    model = fit(optimizer, *poisoned(rank_data(rank, steps, 16), rank, poison), BATCH)
+    assert float(optimizer.dynamic_scale.numpy()) == 2.0**(8 + (steps - 1) - 1)
+    x, y = rank_data(rank, steps, 16)
+    keep = np.r_[0:bad_step * BATCH, (bad_step + 1) * BATCH:len(x)]
+    plain = hvdk.DistributedOptimizer(keras.optimizers.SGD(LR, momentum=0.9), compression=spec)
+    want = fit(plain, x[keep], y[keep], BATCH)
+    assert_weights_close(model, want)
+    assert_same_on_every_rank(model)

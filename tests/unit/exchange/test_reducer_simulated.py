@@ -273,3 +273,36 @@ def test_state_dict_from_another_compression_is_refused():
 def test_bad_nonfinite_policy_is_rejected():
     with pytest.raises(ValueError, match="nonfinite must be one of 'skip', 'raise', 'pass', got 'ignore'"):
         make(SimulatedWorld(1), 0, "none", nonfinite="ignore")
+
+
+@pytest.mark.parametrize("spec,hierarchical", [("topk:0.1", False), ("onebit,block=64,two_phase=1", False),
+                                               ("int8:64,ef=1", True)])
+def test_buffers_are_allocated_once(spec, hierarchical):
+    """Packing, error feedback and decoding write into the same memory every step: the pack buffer and the
+    decode buffers keep their address, and the residual alternates between two buffers (the committed
+    one and the candidate)."""
+    world = SimulatedWorld(4, 2 if hierarchical else None)
+    addresses = {}
+
+    def body(rank):
+        reducer = make(world, rank, spec, hierarchical)
+        seen = []
+        for step in range(4):
+            mine = grads(rank, step)
+            for b in reducer.buckets:
+                reducer.launch(b.index, [mine[s.index] for s in b.slots])
+            reducer.finish()
+            seen.append(({i: t.data_ptr() for i, t in reducer.buffers.items()},
+                         {key: (state.residual.data_ptr(), {n: t.data_ptr() for n, t in state.buffers.items()})
+                          for key, state in reducer.states.items() if state.residual is not None}))
+        addresses[rank] = seen
+        return None
+
+    world.run(body)
+    for seen in addresses.values():
+        packs, states = zip(*seen)
+        assert all(p == packs[0] for p in packs) and packs[0]
+        assert states[0] and all(s[1] for s in states[0].values()), "no error-feedback or decode buffer to check"
+        for key in states[0]:
+            assert len({s[key][0] for s in states}) == 2, f"{key}: residual buffers are not reused"
+            assert all(s[key][1] == states[0][key][1] for s in states), f"{key}: decode buffers moved"
