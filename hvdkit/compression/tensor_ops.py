@@ -144,8 +144,9 @@ class TensorOps(abc.ABC):
         a buffer of the bucket's wire dtype and size to pack into, reused from step to step."""
 
     @abc.abstractmethod
-    def unpack(self, flat, tensors):
-        """Split ``flat`` back into tensors shaped like ``tensors``; returns them (torch: written in place)."""
+    def unpack(self, flat, tensors, scale=1.0):
+        """Split ``flat`` (times ``scale``) back into tensors shaped like ``tensors``; returns them (torch:
+        written in place)."""
 
     # --- arithmetic ---------------------------------------------------------
     @abc.abstractmethod

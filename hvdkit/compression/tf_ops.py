@@ -94,7 +94,9 @@ class TFOps(TensorOps):
         flat = tf.concat([tf.reshape(tf.cast(t, wire), [-1]) for t in tensors], 0) * tf.cast(scale, wire)
         return flat, not self.all_finite(flat)
 
-    def unpack(self, flat, tensors):
+    def unpack(self, flat, tensors, scale=1.0):
+        if scale != 1.0:
+            flat = flat * tf.cast(scale, flat.dtype)
         if flat.dtype in kernels.FLOAT_DTYPES and all(t.dtype in kernels.FLOAT_DTYPES for t in tensors):
             return kernels.unpack(flat, list(tensors))
         out, offset = [], 0

@@ -100,14 +100,16 @@ class TorchOps(TensorOps):
         flat = torch.cat([t.reshape(-1).to(wire) for t in tensors], out=out).mul_(scale)
         return flat, self.nonfinite(flat)
 
-    def unpack(self, flat, tensors):
+    def unpack(self, flat, tensors, scale=1.0):
         if flat.dtype in kernels.FLOAT_DTYPES and all(
                 t.dtype in kernels.FLOAT_DTYPES and t.is_contiguous() for t in tensors):
-            kernels.unpack(flat, tensors)
+            kernels.unpack(flat, tensors, scale)
         else:
             offset = 0
             for t in tensors:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                if scale != 1.0:
+                    t.mul_(scale)
                 offset += t.numel()
         return tensors
 

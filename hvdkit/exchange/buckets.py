@@ -68,13 +68,15 @@ class Bucket:
         return tuple(s.index for s in self.slots)
 
 
-def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=None):
+def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=None, groups=None):
     """Buckets for ``tensors`` (TensorInfo in registration order).
 
     ``compressible(info)`` says whether a tensor goes to compressed buckets;
     ``fusion_bytes`` caps a bucket's size in bytes (a bigger tensor gets its own);
     ``order``: the indices of ``tensors`` in the order to take them (default: reverse registration);
-    tensors it leaves out are in no bucket (their front end exchanges them itself).
+    tensors it leaves out are in no bucket (their front end exchanges them itself). ``groups``
+    (Horovod's explicit grouping: tuples of tensor indices covering every tensor) replaces the size
+    rule: each group is one bucket per kind, whatever its size, in the order its last tensor is taken.
     """
     if fusion_bytes < 0:
         raise ValueError(f"fusion_bytes must be >= 0, got {fusion_bytes}")
@@ -82,6 +84,8 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=N
         order = list(reversed(range(len(tensors))))
     elif len(set(order)) != len(order) or not set(order) <= set(range(len(tensors))):
         raise ValueError(f"order must list tensor indices (0 to {len(tensors) - 1}) at most once, got {order}")
+    if groups is not None:
+        return _grouped(tensors, compressible, order, groups)
     buckets = []
     open_buckets = {}  # (dtype, compressed) -> indices of the tensors in the bucket being filled
     open_numel = {}  # (dtype, compressed) -> elements in that bucket so far
@@ -106,6 +110,25 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=N
         open_numel[key] = open_numel.get(key, 0) + info.numel
     for key in list(open_buckets):
         close(key)
+    return buckets
+
+
+def _grouped(tensors, compressible, order, groups):
+    """plan_buckets with explicit groups (see there)."""
+    position = {index: i for i, index in enumerate(order)}
+    members = {}  # (group, dtype, compressed) -> tensor indices in ``order``
+    for number, group in enumerate(groups):
+        for index in sorted((i for i in group if i in position), key=position.get):
+            info = tensors[index]
+            members.setdefault((number, info.dtype, bool(compressible(info))), []).append(index)
+    buckets = []
+    for key, indices in sorted(members.items(), key=lambda item: position[item[1][-1]]):
+        slots, offset = [], 0
+        for index in indices:
+            info = tensors[index]
+            slots.append(Slot(index, info.name, tuple(info.shape), offset, info.numel))
+            offset += info.numel
+        buckets.append(Bucket(len(buckets), key[1], key[2], tuple(slots), offset, offset * tensors[indices[0]].itemsize))
     return buckets
 
 

@@ -62,7 +62,8 @@ def hierarchical_links(hvd, topology, hierarchical):
 
 def process_set_links(hvd, process_set, hierarchical, init_name):
     """The Links of an exchange over ``process_set`` (None or the global set: ``links``). A smaller set
-    exchanges flat among its ranks: its node sets are not registered."""
+    exchanges flat among its ranks: its node sets are not registered. A rank outside the set exchanges
+    nothing (a world of one), as Horovod's optimizer skips the allreduce there."""
     if process_set is None or process_set is hvd.global_process_set or process_set.process_set_id == 0:
         return links(hvd, hierarchical, init_name)
     if hierarchical is True:
@@ -71,10 +72,9 @@ def process_set_links(hvd, process_set, hierarchical, init_name):
     if not hvd.is_initialized():
         raise RuntimeError(f"hvdkit: Horovod is not initialised; call {init_name} first")
     ranks = process_set.ranks
-    if ranks is None or hvd.rank() not in ranks:
-        raise ValueError(f"process_set {ranks}: this rank ({hvd.rank()}) is not in it; a DistributedOptimizer "
-                         f"reduces over a set its rank belongs to")
-    if process_set.process_set_id is None:
+    if ranks is not None and hvd.rank() not in ranks:  # as Horovod's: this rank's gradients stay its own
+        return Links(Link(process_set, 1, 0))
+    if ranks is None or process_set.process_set_id is None:
         raise ValueError(f"process_set {ranks} is not registered: pass it to hvdkit.torch.init(process_sets=...) "
                          f"or add it with hvd.add_process_set")
     return Links(Link(process_set, len(ranks), sorted(ranks).index(hvd.rank())))

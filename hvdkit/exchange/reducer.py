@@ -59,11 +59,11 @@ class Reducer:
     """Exchanges the gradients of a fixed list of tensors, bucket by bucket, every step."""
 
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
-                 "prescale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
-                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded")
+                 "prescale", "postscale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
+                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded", "groups")
 
     def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt",
-                 plan_from_first_step=False):
+                 plan_from_first_step=False, predivide=1.0, groups=None):
         check_nonfinite(nonfinite)
         self.infos = list(infos)  # exchange.buckets.TensorInfo per tensor, registration order
         self.ops = ops  # the framework's TensorOps
@@ -74,10 +74,14 @@ class Reducer:
         self.spec = self.compressor.spec  # the parsed compression Spec
         self.nonfinite = nonfinite  # policy for non-finite results (see module docstring)
         self.name = name  # prefix of this optimizer's Horovod op names
-        self.prescale = 1.0 / links.world.size if average else 1.0  # divide before summing
+        # Averages divide before summing (fp16 sums cannot overflow), all of it unless Horovod's
+        # gradient_predivide_factor splits it: 1/predivide before, predivide/size after.
+        self.prescale = (1.0 / predivide if predivide != 1.0 else 1.0 / links.world.size) if average else 1.0
+        self.postscale = predivide / links.world.size if average and predivide != 1.0 else 1.0
         self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
         self.order = None  # tensor indices in the order the plan takes them (None: reverse registration)
         self.excluded = frozenset()  # tensors the front end exchanges itself (sparse gradients)
+        self.groups = groups  # Horovod's explicit groups (tuples of tensor indices), or None: fusion_bytes
         self._plan(None)
         self.steps = 0  # exchanges finished (optimizer steps synchronised)
         self.states = {}  # (bucket index, strategy name) -> BucketState
@@ -101,7 +105,7 @@ class Reducer:
         self.order, self.excluded = order, frozenset(excluded)
         taken = order if order is not None else list(reversed(range(len(self.infos))))
         self.buckets = plan_buckets(self.infos, self.fusion_bytes, self._compressible,
-                                    [i for i in taken if i not in self.excluded])
+                                    [i for i in taken if i not in self.excluded], self.groups)
         self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
         self.buffers = {}
 
@@ -145,7 +149,8 @@ class Reducer:
                 "compression": spec.name if spec.arg is None else f"{spec.name}:{spec.arg!r}",
                 **{f"compression option {key}": value for key, value in sorted(spec.options.items())},
                 "fusion_mb": round(self.fusion_bytes / 2**20, 6), "hierarchical": self.links.intra is not None,
-                "op": "average" if self.prescale != 1.0 else "sum", "buckets": [b.numel for b in self.buckets]}
+                "op": "average" if self.prescale != 1.0 else "sum", "prescale": self.prescale, "groups": self.groups,
+                "buckets": [b.numel for b in self.buckets]}
 
     def check_ranks(self, where="hvdkit DistributedOptimizer"):
         """Once, before the first collective: every rank must have the same tensors and settings
@@ -270,9 +275,9 @@ class Reducer:
             flat = reduced[index] = flight.result
             flags.append(self.ops.nonfinite(flat))
             if targets is None or self.changed:  # a copy: the exchange reuses its buffers next step
-                results[index] = self.ops.copy(flat)
+                results[index] = self.ops.scale(flat, self.postscale) if self.postscale != 1.0 else self.ops.copy(flat)
             else:
-                results[index] = self.meter.timed("pack_s", self.ops.unpack, flat, targets(index))
+                results[index] = self.meter.timed("pack_s", self.ops.unpack, flat, targets(index), self.postscale)
         bad = self._bad_buckets(self.ops.any_flag(flags), reduced) if check else []
         if bad or (self.changed and not check):
             self._check_unchanged()

@@ -16,6 +16,7 @@ import warnings
 import weakref
 
 import horovod.torch as hvd
+import torch
 
 from hvdkit.compression.horovod_names import resolve
 from hvdkit.compression.torch_ops import TorchOps
@@ -37,7 +38,8 @@ class _DistributedOptimizer(ReducerView):
     """Mixed in front of the wrapped optimizer's class (see ``DistributedOptimizer``)."""
 
     def _hvdkit_setup(self, named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                      nonfinite, sparse_as_dense, local_sgd, bucket_order, loss_scaler, process_set):
+                      nonfinite, sparse_as_dense, local_sgd, bucket_order, loss_scaler, process_set, predivide,
+                      groups):
         named = named_trainable(self.param_groups, named_parameters)
         self._params = [p for _, p in named]  # registration order
         self._names = [name for name, _ in named]
@@ -50,12 +52,15 @@ class _DistributedOptimizer(ReducerView):
         links = _links(hierarchical, process_set)
         self.process_set = links.world.process_set
         transport = HorovodTransport(hvd, None if self.process_set is hvd.global_process_set
+                                     else _alone if links.world.size == 1
                                      else gatherer(self.process_set, f"hvdkit.{name}"))
         self._reducer = Reducer(tensor_infos(named), spec, TorchOps(), transport, links,
                                 fusion_bytes=int(fusion_mb * 2**20), average=op == hvd.Average, nonfinite=nonfinite,
-                                name=name, plan_from_first_step=bucket_order == "ready")
+                                name=name, plan_from_first_step=bucket_order == "ready", predivide=predivide,
+                                groups=groups)
         self._ready = []  # parameter indices in the order their gradients became ready (first step only)
         self._sparse_seen = set()  # parameters whose gradient was sparse in the first step
+        self._densified = {}  # parameter index -> sparse_dim of a gradient densified this step (sparse_as_dense)
         self._sparse = SparseExchange(f"hvdkit.{name}", op == hvd.Average, self.process_set)
         self.loss_scaler = loss_scaler  # a GradScaler whose scale error feedback follows
         self._step_begun = False  # the first gradient of this step arrived (the loss scale was taken)
@@ -126,6 +131,7 @@ class _DistributedOptimizer(ReducerView):
                 raise ValueError(f"parameter {self._names[index]!r} has a sparse gradient, but was dense in the "
                                  f"first step (or bucket_order='registration' planned it dense); pass "
                                  f"sparse_as_dense=True to exchange it densely")
+            self._densified[index] = p.grad.sparse_dim()
             p.grad = p.grad.to_dense()
         return p.grad
 
@@ -153,7 +159,10 @@ class _DistributedOptimizer(ReducerView):
         try:
             _, finite = reducer.finish(self._bucket_grads)
             self._sparse.finish(self._params)
+            for index, sparse_dim in self._densified.items():  # sparse again, as Horovod hands it back
+                self._params[index].grad = self._params[index].grad.to_sparse(sparse_dim)
         finally:
+            self._densified = {}
             self._ready, self._step_begun = [], False
             self._delay = [self.backward_passes_per_step] * len(self._params)
             self._missing = [len(b.slots) for b in reducer.buckets]
@@ -272,6 +281,11 @@ def _remove(handles):
         handle.remove()
 
 
+def _alone(obj):
+    """allgather_object of a rank that exchanges with no one (outside its optimizer's process set)."""
+    return [obj]
+
+
 def _links(hierarchical, process_set=None):
     return process_set_links(hvd, process_set, hierarchical, "hvdkit.torch.init()")
 
@@ -316,15 +330,29 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
       scaler.step(optimizer)``, ``scaler.update()``.
 
     ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16 only).
-    ``gradient_predivide_factor`` must stay 1.0: hvdkit always divides by the world size before summing.
-    ``groups``/``num_groups`` are replaced by ``fusion_mb``.
+    ``gradient_predivide_factor`` splits the average as Horovod's does (1/factor before the sum, factor/size
+    after; by default hvdkit divides by the world size before summing, so fp16 sums cannot overflow).
+    ``process_set``: the exchange runs among that registered set's ranks (flat; ``hierarchical=True`` needs
+    the global set). Sparse gradients (``nn.Embedding(sparse=True)``) seen in the first step are exchanged
+    sparsely, as Horovod does, unless ``sparse_as_dense=True``.
+    ``groups`` (or ``num_groups``), as Horovod defines them, replace ``fusion_mb``: an integer splits the
+    parameters into that many groups in registration order, a list of parameter lists groups those (every
+    other parameter alone); each group is one bucket (one per dtype and compressed or not).
     """
     if backward_passes_per_step <= 0:
         raise ValueError(f"backward_passes_per_step must be > 0, got {backward_passes_per_step}")
     if op not in (hvd.Average, hvd.Sum, hvd.Adasum):
         raise ValueError(f"op must be hvd.Average, hvd.Sum or hvd.Adasum, got {op!r}")
-    refuse_horovod_only_arguments(hvd, "DistributedOptimizer", gradient_predivide_factor, groups, num_groups, process_set,
+    _check_predivide(gradient_predivide_factor, op)
+    if num_groups:
+        if groups is not None:
+            raise ValueError(f"pass groups or num_groups, not both (got groups={groups!r}, num_groups={num_groups!r})")
+        groups = num_groups  # Horovod's older name for an integer groups
+    refuse_horovod_only_arguments(hvd, "DistributedOptimizer", 1.0, None, 0, process_set,
                                   process_sets_supported=True)
+    if named_parameters is not None:
+        named_parameters = list(named_parameters)  # read twice: for the groups and by the optimizer
+    groups = _index_groups([p for _, p in named_trainable(optimizer.param_groups, named_parameters)], groups)
     check_exchange_arguments(hierarchical, fusion_mb, nonfinite)
     if loss_scaler is not None and not hasattr(loss_scaler, "get_scale"):
         raise ValueError(f"loss_scaler must be a torch.amp.GradScaler, got {loss_scaler!r}")
@@ -340,8 +368,47 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     type(optimizer).__init__(wrapped, optimizer.param_groups, **_constructor_kwargs(optimizer))
     wrapped.state.update(optimizer.state)
     wrapped._hvdkit_setup(named_parameters, spec, fusion_mb, hierarchical, backward_passes_per_step, op,
-                          nonfinite, sparse_as_dense, local_sgd, bucket_order, loss_scaler, process_set)
+                          nonfinite, sparse_as_dense, local_sgd, bucket_order, loss_scaler, process_set,
+                          float(gradient_predivide_factor), groups)
     return wrapped
+
+
+def _index_groups(params, groups):
+    """Horovod's ``groups`` as tuples of parameter indices covering every parameter (None: no groups)."""
+    if groups is None:
+        return None
+    if isinstance(groups, bool) or not isinstance(groups, (int, list)) or (isinstance(groups, int) and groups <= 0):
+        raise ValueError(f"groups should be a positive integer or a list of lists of parameters, got {groups!r}")
+    count = len(params)
+    if isinstance(groups, int):
+        size, extra = divmod(count, groups)
+        bounds = [i * size + min(i, extra) for i in range(groups + 1)]  # Horovod's split_list
+        return tuple(tuple(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a)
+    index = {id(p): i for i, p in enumerate(params)}
+    listed, seen = [], set()
+    for group in groups:
+        members = []
+        for p in group:
+            if not isinstance(p, torch.Tensor):
+                raise ValueError(f"groups must consist of torch.Tensor, got {type(p).__name__}")
+            if id(p) not in index:
+                raise ValueError(f"groups holds a tensor of shape {tuple(p.shape)} that is not a trainable parameter "
+                                 f"of this optimizer")
+            if id(p) in seen:
+                raise ValueError("A parameter can only appear once in groups.")
+            seen.add(id(p))
+            members.append(index[id(p)])
+        if members:
+            listed.append(tuple(members))
+    return tuple(listed) + tuple((i,) for i in range(count) if id(params[i]) not in seen)
+
+
+def _check_predivide(factor, op):
+    """Horovod's rule: a factor > 0 that splits an average (1/factor before the sum, factor/size after)."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+        raise ValueError(f"gradient_predivide_factor must be a number > 0, got {factor!r}")
+    if factor != 1.0 and op != hvd.Average:
+        raise ValueError(f"gradient_predivide_factor={factor!r} splits an average: it needs op=hvd.Average")
 
 
 def _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step):

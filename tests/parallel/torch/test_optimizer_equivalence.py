@@ -167,8 +167,8 @@ class EmbeddingModel(torch.nn.Module):
 
 
 def test_sparse_gradients_travel_sparse_or_dense_with_the_same_result(hvd):
-    """Without sparse_as_dense the embedding's gradient stays sparse (Horovod's allgather of indices and
-    values); with it, it is densified and averaged. Both equal one process averaging every rank's
+    """Without sparse_as_dense the embedding's gradient travels sparse (Horovod's allgather of indices and
+    values); with it, it is densified, averaged in a bucket and made sparse again. Both equal one process averaging every rank's
     gradient, step after step; a rank that does not use the embedding in a step still takes part."""
     hvdkit_torch.init()
     steps = 3
@@ -189,8 +189,8 @@ def test_sparse_gradients_travel_sparse_or_dense_with_the_same_result(hvd):
             opt.zero_grad()
             loss(model, hvd.rank(), step).backward()
             opt.step()
-            if step == 0:
-                assert model.embedding.weight.grad.is_sparse is (not sparse_as_dense)
+            if step == 0:  # handed back sparse either way, as Horovod's optimizer does
+                assert model.embedding.weight.grad.is_sparse
         results[sparse_as_dense] = [p.detach().clone() for p in model.parameters()]
         if not sparse_as_dense and hvd.size() > 1:
             assert all(slot.name != "embedding.weight" for b in opt.buckets for slot in b.slots)

@@ -42,16 +42,25 @@ def test_an_optimizer_averages_over_its_process_set_only(hvd):
     assert not torch.equal(firsts[0], firsts[1]), "the nodes' models should differ"
 
 
-def test_a_process_set_without_this_rank_is_refused(hvd):
+def test_outside_its_process_set_an_optimizer_keeps_its_own_gradients(hvd):
+    """As Horovod's: a rank not in the optimizer's set skips the exchange and steps on its own gradients;
+    a set that is not registered is refused."""
     import horovod.torch as horovod
 
     topo = hvdkit_torch.init()
     if not topo.hierarchical:
         pytest.skip("needs several nodes of several ranks (the -np 4, 2 emulated nodes launch)")
     other = next(node for node in topo.nodes if hvd.rank() not in node)
-    model = make_model()
-    for process_set, problem in [(horovod.ProcessSet(list(other)), "is not in it"),
-                                 (horovod.ProcessSet(list(topo.nodes[topo.node])), "is not registered")]:
-        with pytest.raises(ValueError, match=problem):
-            hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
-                                              process_set=process_set)
+    model, alone = make_model(), make_model()
+    opt = hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
+                                            process_set=horovod.ProcessSet(list(other)))
+    plain = torch.optim.SGD(alone.parameters(), lr=LR)
+    for step in range(2):
+        for m, o in ((model, opt), (alone, plain)):
+            o.zero_grad()
+            loss_of(m, hvd.rank(), step).backward()
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), alone.parameters()))
+    with pytest.raises(ValueError, match="is not registered"):
+        hvdkit_torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=LR), model.named_parameters(),
+                                          process_set=horovod.ProcessSet(list(topo.nodes[topo.node])))

@@ -99,8 +99,12 @@ def test_optimizer_whose_parameters_are_all_frozen_is_refused():
     ({"fusion_mb": -1}, "fusion_mb must be a number >= 0, got -1"),
     ({"backward_passes_per_step": 0}, "backward_passes_per_step must be > 0, got 0"),
     ({"nonfinite": "ignore"}, "nonfinite must be one of 'skip', 'raise', 'pass', got 'ignore'"),
-    ({"gradient_predivide_factor": 2.0}, "gradient_predivide_factor=2.0 is not supported"),
-    ({"groups": 2}, "use fusion_mb"),
+    ({"gradient_predivide_factor": 0}, "gradient_predivide_factor must be a number > 0, got 0"),
+    ({"gradient_predivide_factor": 2.0, "op": hvdkit_torch.Sum},
+     "gradient_predivide_factor=2.0 splits an average: it needs op=hvd.Average"),
+    ({"groups": 0}, "groups should be a positive integer or a list of lists of parameters, got 0"),
+    ({"groups": [[torch.zeros(2)]]}, "groups holds a tensor of shape (2,) that is not a trainable parameter"),
+    ({"groups": 2, "num_groups": 2}, "pass groups or num_groups, not both"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -118,3 +122,4 @@ def test_adasum_refuses_hvdkit_compressors():
 def test_bucket_order_must_be_known():
     with pytest.raises(ValueError, match="bucket_order must be one of 'ready', 'registration', got 'arrival'"):
         wrap(bucket_order="arrival")
+
