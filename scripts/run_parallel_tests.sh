@@ -38,7 +38,6 @@ np1_torch=(
   test_horovod_collectives.py     # Horovod's collectives on a world of one
   test_collectives.py             # hierarchical collectives with neither process set (flat == hierarchical)
   test_optimizer_compression.py   # a lone rank applies its own gradients, unsent and uncompressed
-  test_oracle_optimizer.py        # compressed buckets of a lone rank take the flat route (two-phase tests skip)
   test_optimizer_errors.py        # non-finite gradients caught on the unsent path (rank-pair tests skip)
   test_mismatch.py                # a gradient missing on the lone rank counts as zero (rank-pair tests skip)
   test_optimizer_equivalence.py   # Horovod's optimizer registers no hooks at size 1: hvdkit must still match it

@@ -164,7 +164,7 @@ def test_exchange_state_round_trips_through_state_dict(hvd):
     model = make_model()
     tape = clean_step(hvd, model, 0, compression="topk:0.1")
     saved = tape.exchange.state_dict()
-    assert saved["steps"] == 1 and saved["buckets"]
+    assert saved["steps"] == 1 and bool(saved["buckets"]) == (hvd.size() > 1)  # a lone rank compresses nothing
     other = hvdkit_tf.GradientExchange(model.trainable_variables, "topk:0.1")
     other.load_state_dict(saved)
     assert other.steps == 1
