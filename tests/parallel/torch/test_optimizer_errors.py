@@ -161,7 +161,8 @@ def test_checkpoint_carries_error_feedback_state(hvd):
     loss_of(model, hvd.rank(), 0).backward()
     opt.step()
     saved = opt.state_dict()
-    assert saved["hvdkit"]["steps"] == 1 and saved["hvdkit"]["buckets"]
+    assert saved["hvdkit"]["steps"] == 1
+    assert bool(saved["hvdkit"]["buckets"]) == (hvd.size() > 1)  # a lone rank compresses nothing
     other_model = make_model()
     other = wrap(other_model, compression="topk:0.1")
     other.load_state_dict(saved)
