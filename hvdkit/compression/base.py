@@ -88,6 +88,11 @@ class Compressor:
         """One rank's flat bucket -> (payload tuple, ctx for decompress)."""
         raise NotImplementedError
 
+    def compress_sum(self, tensor, state):
+        """The two-phase exchange's re-compression of a chunk sum with the server ``state``: ``compress``,
+        without what a wrapper applies to a rank's own gradients (DGC's momentum)."""
+        return self.compress(tensor, state)
+
     def next_round(self, reduced, ctx):
         """Multi-round algorithms: reduced payload of round i -> (payload, ctx) of round i+1."""
         raise NotImplementedError(f"{self.name} exchanges in one round")

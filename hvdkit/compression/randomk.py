@@ -2,9 +2,10 @@
 
 Every rank picks the same positions (seed from the spec, the bucket and the
 step), so only the values travel and Horovod's allreduce sums them. ``ef=1``
-(default) keeps the values not sent in the residual.
+(default) keeps the values not sent in the residual. Deep Gradient Compression's
+recipe (``mc``, ``mask``, ``clip``, ``ramp``) is in ``hvdkit.compression.dgc``.
 """
-from hvdkit.compression import spec
+from hvdkit.compression import dgc, spec
 from hvdkit.compression.base import Compressor
 from hvdkit.compression.seeds import mix
 from hvdkit.compression.topk import count
@@ -14,14 +15,16 @@ class RandomK(Compressor):
     name = "randomk"
     summable = True
     argument = spec.Argument("RATIO", spec.ratio)
-    options = {"ef": (spec.flag, True), "seed": (spec.non_negative_int, 0)}
+    options = {"ef": (spec.flag, True), "seed": (spec.non_negative_int, 0), **dgc.SPARSIFIER_OPTIONS}
+    aliases = dgc.ALIASES
     decodes_into = True
 
     def compress(self, tensor, state):
         ops = self.ops
         c = ops.add_into(self.candidate(state, tensor), tensor, state.residual) if self.ef else tensor
         seed = mix(self.spec.options["seed"], state.seed, state.steps)
-        indices, values = ops.randomk(c, count(self.spec.arg, state.numel), seed)
+        ratio = dgc.density(self.spec.arg, self.spec.options["ramp"], state.steps)
+        indices, values = ops.randomk(c, count(ratio, state.numel), seed)
         if self.ef:
             state.residual = ops.scatter_add(indices, ops.neg(values), c)
         return (values,), (indices, state.numel)

@@ -18,7 +18,8 @@ import dataclasses
 import math
 import types
 
-__all__ = ["Spec", "parse", "flag", "positive_int", "non_negative_int", "block_size", "ratio", "positive_float"]
+__all__ = ["Spec", "parse", "flag", "positive_int", "non_negative_int", "block_size", "ratio", "positive_float",
+           "non_negative_float"]
 
 
 def flag(text):
@@ -94,6 +95,16 @@ def positive_float(text):
 
 
 positive_float.describe = "a number > 0"
+
+
+def non_negative_float(text):
+    value = _number(text)
+    if value < 0:
+        raise ValueError("expected a number >= 0")
+    return value
+
+
+non_negative_float.describe = "a number >= 0"
 
 # Options every algorithm accepts: name -> (parser, default).
 COMMON_OPTIONS = {"warmup": (non_negative_int, 0), "min_numel": (non_negative_int, 0)}

@@ -20,7 +20,7 @@ class BucketState:
     """What one bucket's compressor carries from step to step."""
 
     __slots__ = ("numel", "layout", "peers", "peer", "seed", "residual", "memory", "steps", "server", "spare",
-                 "pending", "buffers")
+                 "pending", "buffers", "velocity")
 
     def __init__(self, numel, layout=(), peers=1, peer=0, seed=0):
         # Length of the flat tensor this state compresses; a different length is a bug upstream.
@@ -49,6 +49,8 @@ class BucketState:
         self.pending = None
         # name -> a buffer the exchange decodes into, allocated once (shared with every attempt).
         self.buffers = {}
+        # DGC's momentum correction: this rank's velocity of what it compresses (None when off).
+        self.velocity = None
 
     def server_state(self, numel):
         """The state of this rank's chunk sum in a two-phase exchange (``numel`` elements), made on first use."""
@@ -66,6 +68,7 @@ class BucketState:
     def _copy(self):
         work = BucketState(self.numel, self.layout, self.peers, self.peer, self.seed)
         work.residual, work.memory, work.steps, work.spare = self.residual, self.memory, self.steps, self.spare
+        work.velocity = self.velocity
         work.buffers = self.buffers
         work.server = self.server._copy() if self.server is not None else None
         return work
@@ -82,6 +85,8 @@ class BucketState:
         multiplied by the new scale)."""
         if self.residual is not None:
             self.residual = ops.rescale_(self.residual, factor)
+        if self.velocity is not None:
+            self.velocity = ops.rescale_(self.velocity, factor)
         if self.server is not None:
             self.server.rescale(factor, ops)
 
@@ -106,8 +111,8 @@ class BucketState:
             self.spare = old  # the buffers swap roles
         elif work.spare is not None and work.spare is not self.residual:
             self.spare = work.spare
-        if bad is not True and work.memory is not self.memory:
-            self.memory = work.memory if bad is False or self.memory is None else select(bad, self.memory, work.memory)
+        self.memory = _kept(self.memory, work.memory, bad, select)
+        self.velocity = _kept(self.velocity, work.velocity, bad, select)
         if work.server is not None:
             if self.server is None or self.server.numel != work.server.numel:
                 self.server = BucketState(work.server.numel, peers=1, peer=self.peer, seed=self.seed ^ 0x5EED)
@@ -116,14 +121,22 @@ class BucketState:
     def to_dict(self):
         """The values a checkpoint needs (tensors stay framework tensors)."""
         return {"numel": self.numel, "residual": self.residual, "memory": self.memory, "steps": self.steps,
-                "server": None if self.server is None else self.server.to_dict()}
+                "velocity": self.velocity, "server": None if self.server is None else self.server.to_dict()}
 
     def load_dict(self, saved):
         if saved["numel"] != self.numel:
             raise ValueError(f"compression state for a bucket of {saved['numel']} elements cannot be loaded into "
                              f"a bucket of {self.numel}: the model, fusion_mb or world layout changed")
         self.residual, self.memory, self.steps = saved["residual"], saved["memory"], int(saved["steps"])
+        self.velocity = saved.get("velocity")  # absent in checkpoints written before momentum correction
         server = saved.get("server")  # absent in checkpoints written before two-phase exchanges
         self.server = None
         if server is not None:
             self.server_state(server["numel"]).load_dict(server)
+
+
+def _kept(old, new, bad, select):
+    """What a settled attempt leaves of a tensor it replaced: ``new`` unless ``bad`` (a bool or device flag)."""
+    if bad is True or new is old:
+        return old
+    return new if bad is False or old is None else select(bad, old, new)

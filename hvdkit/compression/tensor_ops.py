@@ -171,6 +171,18 @@ class TensorOps(abc.ABC):
         """``-x`` as a new tensor."""
 
     @abc.abstractmethod
+    def momentum(self, velocity, x, factor):
+        """``factor * velocity + x`` as a new tensor (SGD's momentum buffer, one step on)."""
+
+    @abc.abstractmethod
+    def zero_where_zero(self, x, reference):
+        """``x`` with zeros where ``reference`` is zero (in ``x``'s memory where the framework allows it)."""
+
+    @abc.abstractmethod
+    def clip_norm(self, x, max_norm):
+        """``x`` scaled to an L2 norm of at most ``max_norm``, computed on the device (no host read)."""
+
+    @abc.abstractmethod
     def all_finite(self, x):
         """True when no element is NaN or +-Inf (a Python bool)."""
 

@@ -121,6 +121,15 @@ class TFOps(TensorOps):
     def neg(self, x):
         return -x
 
+    def momentum(self, velocity, x, factor):
+        return x + velocity * tf.constant(factor, velocity.dtype)
+
+    def zero_where_zero(self, x, reference):
+        return tf.where(tf.equal(reference, 0), tf.zeros_like(x), x)
+
+    def clip_norm(self, x, max_norm):
+        return tf.clip_by_norm(x, max_norm)
+
     def all_finite(self, x):
         if not x.dtype.is_floating or self.numel(x) == 0:
             return True

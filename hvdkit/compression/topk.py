@@ -6,10 +6,12 @@ gathered and scatter-added into one dense sum, or exchanged in two phases
 (each rank sums one chunk and keeps that sum's own top-k, with its own residual). ``ef=1`` (default) keeps what
 was not sent in the residual (Deep Gradient Compression's local accumulation);
 ``approx=1`` estimates the threshold from a sample (faster, count bounded by k).
+Deep Gradient Compression's recipe (``mc``, ``mask``, ``clip``, ``ramp``) is in
+``hvdkit.compression.dgc``.
 """
 import math
 
-from hvdkit.compression import spec
+from hvdkit.compression import dgc, spec
 from hvdkit.compression.base import TWO_PHASE_OPTION, Compressor
 
 
@@ -22,12 +24,18 @@ class TopK(Compressor):
     name = "topk"
     summable = False
     argument = spec.Argument("RATIO", spec.ratio)
-    options = {"ef": (spec.flag, True), "approx": (spec.flag, False), "two_phase": TWO_PHASE_OPTION}
+    options = {"ef": (spec.flag, True), "approx": (spec.flag, False), "two_phase": TWO_PHASE_OPTION,
+               **dgc.SPARSIFIER_OPTIONS}
+    aliases = dgc.ALIASES
     chunk_grain = 1
     decodes_into = True
 
+    def ratio(self, state):
+        """The fraction kept at this state's exchange: the spec's RATIO after DGC's sparsity warm-up."""
+        return dgc.density(self.spec.arg, self.spec.options["ramp"], state.steps)
+
     def compress(self, tensor, state):
-        k = count(self.spec.arg, state.numel)
+        k = count(self.ratio(state), state.numel)
         ops = self.ops
         residual = ops.copy_into(self.candidate(state, tensor), state.residual) if self.ef else None
         indices, values, residual = ops.topk_ef(tensor, residual, k, self.spec.options["approx"])
@@ -52,7 +60,7 @@ class TopK(Compressor):
         candidate = ops.copy_into(self.candidate(state, tensor), state.residual) if ef else None
         indices, values, residuals = [], [], []
         for lo, hi in zip(bounds, bounds[1:]):
-            k = self.part_lengths(hi - lo)[0]
+            k = count(self.ratio(state), hi - lo)
             residual = ops.slice(candidate, lo, hi) if ef else None
             i, v, r = ops.topk_ef(ops.slice(tensor, lo, hi), residual, k, approx)
             indices.append(i)

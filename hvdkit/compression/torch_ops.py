@@ -128,6 +128,15 @@ class TorchOps(TensorOps):
     def neg(self, x):
         return -x
 
+    def momentum(self, velocity, x, factor):
+        return torch.add(x, velocity, alpha=factor)
+
+    def zero_where_zero(self, x, reference):
+        return x.masked_fill_(reference == 0, 0.0)
+
+    def clip_norm(self, x, max_norm):
+        return x * (max_norm / (torch.linalg.vector_norm(x) + 1e-12)).clamp(max=1.0)
+
     def all_finite(self, x):
         # One reduction instead of a boolean tensor: NaN and +-Inf reach the sum. Only when the sum is
         # not finite (which finite values can also cause, by overflowing) is every element checked.

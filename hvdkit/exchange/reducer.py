@@ -38,6 +38,7 @@ import time
 import warnings
 
 from hvdkit.compression import registry
+from hvdkit.compression.dgc import MomentumCorrection, momentum_plan
 from hvdkit.compression.seeds import mix
 from hvdkit.compression.state import BucketState
 from hvdkit.exchange import consistency, strategies
@@ -60,7 +61,8 @@ class Reducer:
 
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
                  "prescale", "postscale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
-                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded", "groups")
+                 "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded", "groups",
+                 "momentum")
 
     def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt",
                  plan_from_first_step=False, predivide=1.0, groups=None):
@@ -93,6 +95,7 @@ class Reducer:
         self.buffers = {}  # bucket index -> the flat buffer its tensors are packed into, reused every step
         self.attempted = []  # BucketStates with an attempt in flight, settled in finish()
         self.loss_scale = None  # the loss scale the residuals are in units of (see set_loss_scale)
+        self.momentum = None  # (momentum, nesterov) taken over from the optimizer (take_momentum), or None
         # Until adopt_order: the front end records the order of the first step's gradients, launching nothing.
         self.planning = plan_from_first_step and links.world.size > 1
         if links.world.size == 1 and self.compressor.name != "none":
@@ -127,6 +130,27 @@ class Reducer:
         self._plan(order, excluded)
         return True
 
+    def take_momentum(self, optimizer, local_sgd=False):
+        """Deep Gradient Compression's momentum correction (``hvdkit.compression.dgc``): when the spec asks for
+        it and ``optimizer`` (a ``dgc.OptimizerMomentum``) is SGD with momentum, every bucket applies that
+        momentum before compressing, and the front end must run the optimizer with momentum 0. Returns
+        whether it did; raises ValueError when ``mc=1`` cannot apply."""
+        plan = momentum_plan(self.spec, optimizer, self.links.world.size, local_sgd)
+        if plan is None:
+            return False
+        self.apply_momentum(plan)
+        _log.info("hvdkit: %s: momentum %s%s moved from %s into the compression (DGC's momentum correction)",
+                  self.spec, plan[0], " (Nesterov)" if plan[1] else "", optimizer.kind)
+        return True
+
+    def apply_momentum(self, plan):
+        """Apply ``plan`` = (momentum, nesterov) in front of both compressors (also after an elastic reset)."""
+        if self.states:
+            raise RuntimeError("momentum correction must be set up before the first exchange")
+        self.momentum = tuple(plan)
+        self.compressor = MomentumCorrection(self.compressor, *plan, self.spec.options)
+        self.dense = MomentumCorrection(self.dense, *plan, self.spec.options)
+
     def set_loss_scale(self, scale):
         """Before a step's first launch, under a loss scaler: the scale its gradients are multiplied by (a
         number or a 0-dim tensor, read on the device). Residuals are kept in the units of the last step's
@@ -150,6 +174,7 @@ class Reducer:
                 **{f"compression option {key}": value for key, value in sorted(spec.options.items())},
                 "fusion_mb": round(self.fusion_bytes / 2**20, 6), "hierarchical": self.links.intra is not None,
                 "op": "average" if self.prescale != 1.0 else "sum", "prescale": self.prescale, "groups": self.groups,
+                "momentum correction (the optimizer's momentum)": self.momentum,
                 "buckets": [b.numel for b in self.buckets]}
 
     def check_ranks(self, where="hvdkit DistributedOptimizer"):
@@ -217,7 +242,7 @@ class Reducer:
         if changes and self.links.world.size == 1:
             consistency.require_unchanged(changes, lambda mine: [mine], where=_WHERE)
         self.meter.bucket(bucket.nbytes)
-        if self.links.world.size == 1:  # a lone rank's average is its own gradient, uncompressed
+        if self.links.world.size == 1 and self.momentum is None:  # a lone rank's average: its own gradient
             self.flights[bucket_index] = _Unexchanged(tensors)
             return
         compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]

@@ -152,7 +152,7 @@ def two_phase(compressor, tensor, state, link, name, meter, bad):
     chunk_sum = meter.timed("kernel_s", compressor.decompress, tuple(received), stop - start,
                             state.buffer("chunk", stop - start, ops, tensor))
     chunk_bad = ops.nonfinite(chunk_sum)
-    payload, _ = meter.timed("kernel_s", compressor.compress, chunk_sum, work.server)
+    payload, _ = meter.timed("kernel_s", compressor.compress_sum, chunk_sum, work.server)
     payload = _poisoned(ops, compressor.placed(tuple(payload), start), chunk_bad)
     gathered = yield [_request("allgather", part, link, f"{name}.ag.{i}", meter, True)
                       for i, part in enumerate(payload)]

@@ -60,9 +60,26 @@ class GradientExchange(ReducerView):
                                 name=name or f"tf{next(_ids)}")
         # True: reduce() leaves the gradients as they are, with no collective (post-local SGD after its
         # warm-up). Every rank must switch at the same step.
-        self.local = False
+        self._local = False
         with tf.init_scope():  # eager even while a tf.function is traced: the check runs once, here
             self._check_ranks()
+
+    @property
+    def local(self):
+        return self._local
+
+    @local.setter
+    def local(self, value):
+        if value and self._reducer.momentum:
+            raise ValueError(f"compression {str(self._reducer.spec)!r} took over SGD's momentum (DGC's momentum "
+                             f"correction), which local steps would lose; add mc=0 to the compression spec to "
+                             f"use post-local SGD")
+        self._local = bool(value)
+
+    def take_momentum(self, optimizer):
+        """DGC's momentum correction (``Reducer.take_momentum``): True when the caller must now run its SGD
+        with momentum 0. ``optimizer``: a ``hvdkit.compression.dgc.OptimizerMomentum``."""
+        return self._reducer.take_momentum(optimizer)
 
     # --- introspection (compression, buckets, last_step_stats: ReducerView) ------------------
     @property

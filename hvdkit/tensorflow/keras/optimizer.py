@@ -34,6 +34,7 @@ import keras
 import tensorflow as tf
 from keras.src.optimizers.base_optimizer import BaseOptimizer
 
+from hvdkit.compression.dgc import OptimizerMomentum
 from hvdkit.exchange.options import DEFAULT_FUSION_MB, refuse_horovod_only_arguments
 from hvdkit.tensorflow.exchange import GradientExchange, check_settings, refuse_xla
 from hvdkit.tensorflow.variables import label
@@ -78,7 +79,9 @@ class _DistributedOptimizerBase:
             state.positions = {self._var_key(v): i for i, v in enumerate(state.variables)}
             kwargs = {k: v for k, v in state.settings.items() if k != "passes"}
             kwargs["nonfinite"] = exchange_policy(self)
-            state.exchange = GradientExchange(state.variables, **kwargs)
+            exchange = GradientExchange(state.variables, **kwargs)
+            _move_momentum(self, exchange)
+            state.exchange = exchange
         return state.exchange
 
     def _hvdkit_reduce(self, grads, variables):
@@ -166,6 +169,20 @@ class _ApplyExchange(_DistributedOptimizerBase):
             return self._hvdkit_if_finite(super().apply, grads, trainable_variables)
         finally:
             self._hvdkit.finite = None
+
+
+def _move_momentum(optimizer, exchange):
+    """DGC's momentum correction (``hvdkit.compression.dgc``): when the exchange takes the SGD's momentum
+    (a LossScaleOptimizer's inner SGD's), that SGD runs with momentum 0 from now on. Keras's weight decay
+    is decoupled (applied to the variables, outside the momentum) and stays where it is."""
+    sgd = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+    kind = f"{type(sgd).__module__.split('.')[0]}.{type(sgd).__name__}"
+    if isinstance(sgd, keras.optimizers.SGD):
+        described = OptimizerMomentum("keras.optimizers.SGD", float(sgd.momentum), bool(sgd.nesterov))
+    else:
+        described = OptimizerMomentum(kind, why_not=f"the wrapped optimizer is {kind}, not keras.optimizers.SGD")
+    if exchange.take_momentum(described):
+        sgd.momentum, sgd.nesterov = 0.0, False
 
 
 def _refuse_xla():

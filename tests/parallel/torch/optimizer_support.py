@@ -5,6 +5,7 @@ import torch
 from hvdkit.exchange.buckets import TensorInfo
 from hvdkit.exchange.reducer import Reducer
 from hvdkit.compression.torch_ops import TorchOps
+from hvdkit.compression.dgc import OptimizerMomentum
 from hvdkit.compression.horovod_names import resolve
 from hvdkit.exchange.simulate import SimulatedWorld
 
@@ -61,7 +62,9 @@ def simulate(size, ranks_per_node, spec, hierarchical, steps, fusion_mb=FUSION_M
     reducers = [Reducer(infos, resolve(spec), TorchOps(), world.transport(r),
                         world.links(r, hierarchical), fusion_bytes=int(fusion_mb * 2**20), average=True,
                         name="sim", plan_from_first_step=True) for r in range(size)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    # The sparsifiers take SGD's momentum over by default (DGC's momentum correction), as the optimizer does.
+    moved = [reducer.take_momentum(OptimizerMomentum("torch.optim.SGD", 0.9)) for reducer in reducers][0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.0 if moved else 0.9)
     history = []
     for step in range(steps):
         grads = []

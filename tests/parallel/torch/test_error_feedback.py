@@ -20,11 +20,12 @@ SPECS = ["topk:0.1", "topk:0.1,approx=1", "onebit,block=64", "int8:64,ef=1", "fp
 
 
 def error_feedback(opt):
-    """{bucket key: (residual, memory, server residual)} copied out of the optimizer's state dict."""
+    """{bucket key: (residual, memory, server residual, velocity)} copied out of the optimizer's state dict."""
     def copy(t):
         return None if t is None else t.clone()
 
-    return {key: (copy(s["residual"]), copy(s["memory"]), copy(s["server"] and s["server"]["residual"]))
+    return {key: (copy(s["residual"]), copy(s["memory"]), copy(s["server"] and s["server"]["residual"]),
+                  copy(s["velocity"]))
             for key, s in opt.state_dict()["hvdkit"]["buckets"].items()}
 
 
@@ -43,7 +44,7 @@ def test_a_step_skipped_for_another_ranks_nan_leaves_every_residual_as_it_was(hv
                                             hierarchical=topo.hierarchical)
     train(model, opt, hvd.rank(), 2)
     before = error_feedback(opt)
-    assert any(r is not None and bool(r.abs().sum() > 0) for r, _, _ in before.values()), "no residual to keep"
+    assert any(r is not None and bool(r.abs().sum() > 0) for r, _, _, _ in before.values()), "no residual to keep"
     parameters = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
     loss = loss_of(model, hvd.rank(), 2)
