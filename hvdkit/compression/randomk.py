@@ -17,6 +17,9 @@ class RandomK(Compressor):
     argument = spec.Argument("RATIO", spec.ratio)
     options = {"ef": (spec.flag, True), "seed": (spec.non_negative_int, 0), **dgc.SPARSIFIER_OPTIONS}
     aliases = dgc.ALIASES
+    # Every value is sent once in 1/RATIO steps on average: small tensors (biases, a classifier's last
+    # layer) updated that rarely make training diverge, and cost little to send dense.
+    common_defaults = {"min_numel": 1024}
     decodes_into = True
 
     def compress(self, tensor, state):

@@ -127,6 +127,11 @@ class Spec:
     arg: object = None
     options: types.MappingProxyType = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
+    @property
+    def head(self):
+        """The spec as a user writes it, without its options (``topk:0.01``)."""
+        return self.name if self.arg is None else f"{self.name}:{self.arg}"
+
     def __str__(self):
         """The canonical spec string: every option spelled out; parses back to an equal Spec."""
         parts = [self.name if self.arg is None else f"{self.name}:{self.arg!r}"]
@@ -171,6 +176,7 @@ def parse(text, algorithms=None):
         _fail(text, f"unknown algorithm {name!r}", algorithms)
     arg = _parse_argument(text, cls, arg_text if sep else None, algorithms)
     options = {key: default for key, (_, default) in dict(COMMON_OPTIONS, **cls.options).items()}
+    options.update(getattr(cls, "common_defaults", {}))  # e.g. random-k leaves small tensors dense
     seen = set()
     for option_text in option_texts:
         key, eq, value_text = (part.strip() for part in option_text.partition("="))

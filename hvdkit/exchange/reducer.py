@@ -151,6 +151,22 @@ class Reducer:
         self.compressor = MomentumCorrection(self.compressor, *plan, self.spec.options)
         self.dense = MomentumCorrection(self.dense, *plan, self.spec.options)
 
+    def for_world(self, links, keep_residuals, average):
+        """This exchange over the ranks of ``links`` (an elastic reset restarted Horovod with others): the bucket
+        plan, step counts, PowerSGD factors and momentum correction carry over; error-feedback residuals and
+        velocities only when ``keep_residuals``, for they hold this rank's gradients divided by the old world
+        size, and the share of a rank that left is gone."""
+        saved = self.state_dict()
+        if not keep_residuals:
+            for bucket_state in saved["buckets"].values():
+                bucket_state["residual"] = bucket_state["velocity"] = None
+        other = Reducer(self.infos, self.spec, self.ops, self.transport, links, fusion_bytes=self.fusion_bytes,
+                        average=average, nonfinite=self.nonfinite, name=self.name)
+        if self.momentum:
+            other.apply_momentum(self.momentum)
+        other.load_state_dict(saved)
+        return other
+
     def set_loss_scale(self, scale):
         """Before a step's first launch, under a loss scaler: the scale its gradients are multiplied by (a
         number or a 0-dim tensor, read on the device). Residuals are kept in the units of the last step's

@@ -5,8 +5,10 @@ every call working (``init``, ``rank``, ``size``, ``allreduce``,
 ``broadcast``, ``Compression.fp16``, ...: every public name of
 ``horovod.tensorflow`` that hvdkit does not define is Horovod's own) and
 replaces the parts that fail on Keras 3 or lack hvdkit's features:
-``DistributedGradientTape`` (compressed, fused, hierarchical exchange through
-the same Reducer and compression code as ``hvdkit.torch``),
+``DistributedGradientTape`` and ``PartialDistributedGradientTape``
+(compressed, fused, hierarchical exchange through the same Reducer and
+compression code as ``hvdkit.torch``; local sources for model parallelism),
+``SyncBatchNormalization`` (a Keras 3 layer),
 ``broadcast_variables`` (Keras 3 variables), ``Compression`` (spec strings)
 and ``init`` (hvdkit's topology and node process sets). ``GradientExchange``
 is the exchange itself, for custom loops; ``hvdkit.tensorflow.keras`` mirrors
@@ -20,7 +22,8 @@ from hvdkit.compression.horovod_names import namespace as _compression_namespace
 from hvdkit.exchange.options import DEFAULT_FUSION_MB  # noqa: F401
 from hvdkit.tensorflow.exchange import GradientExchange  # noqa: F401
 from hvdkit.tensorflow.state_sync import broadcast_variables  # noqa: F401
-from hvdkit.tensorflow.tape import DistributedGradientTape  # noqa: F401
+from hvdkit.tensorflow.sync_batch_norm import SyncBatchNormalization  # noqa: F401
+from hvdkit.tensorflow.tape import DistributedGradientTape, PartialDistributedGradientTape  # noqa: F401
 
 Compression = _compression_namespace(_horovod)
 

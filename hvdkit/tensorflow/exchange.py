@@ -76,6 +76,12 @@ class GradientExchange(ReducerView):
                              f"use post-local SGD")
         self._local = bool(value)
 
+    def world_changed(self, keep_residuals):
+        """Exchange over the ranks Horovod has now, after an elastic reset (``Reducer.for_world``; flat: the
+        restart drops hvdkit's node process sets). A traced train step calls this object, which reads its
+        Reducer when it runs, so nothing is retraced."""
+        self._reducer = self._reducer.for_world(_links(False), keep_residuals, average=self.op == hvd.Average)
+
     def take_momentum(self, optimizer):
         """DGC's momentum correction (``Reducer.take_momentum``): True when the caller must now run its SGD
         with momentum 0. ``optimizer``: a ``hvdkit.compression.dgc.OptimizerMomentum``."""

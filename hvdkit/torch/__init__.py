@@ -16,6 +16,7 @@ from hvdkit.compression.horovod_names import namespace as _compression_namespace
 from hvdkit.exchange.options import DEFAULT_FUSION_MB  # noqa: F401
 from hvdkit.torch import elastic  # noqa: F401  (hvd.elastic: Horovod's elastic API with hvdkit's state)
 from hvdkit.torch.distributed_optimizer import DistributedOptimizer  # noqa: F401
+from hvdkit.torch.joined import join  # noqa: F401
 from hvdkit.torch.state_sync import broadcast_optimizer_state, broadcast_state, check_model  # noqa: F401
 
 Compression = _compression_namespace(_horovod)

@@ -18,6 +18,7 @@ import weakref
 import horovod.torch as hvd
 import torch
 
+from hvdkit.compression.dgc import OptimizerMomentum
 from hvdkit.compression.horovod_names import resolve
 from hvdkit.compression.torch_ops import TorchOps
 from hvdkit.exchange.engine import HorovodTransport
@@ -28,10 +29,11 @@ from hvdkit.torch.objects import gatherer
 from hvdkit.torch.params import named_trainable, tensor_infos
 from hvdkit.torch.sparse import SparseExchange
 
-__all__ = ["DistributedOptimizer"]
+__all__ = ["DistributedOptimizer", "live_optimizers"]
 
 BUCKET_ORDERS = ("ready", "registration")
 _ids = itertools.count()  # numbers optimizers in creation order (same on every rank) for op names
+_live = weakref.WeakValueDictionary()  # creation number -> optimizer (hvdkit.torch.join looks at all)
 
 
 class _DistributedOptimizer(ReducerView):
@@ -48,7 +50,9 @@ class _DistributedOptimizer(ReducerView):
         self.backward_passes_per_step = backward_passes_per_step
         self.op = op
         self.sparse_as_dense = sparse_as_dense
-        name = f"o{next(_ids)}"
+        number = next(_ids)
+        name = f"o{number}"
+        _live[number] = self
         links = _links(hierarchical, process_set)
         self.process_set = links.world.process_set
         transport = HorovodTransport(hvd, None if self.process_set is hvd.global_process_set
@@ -58,6 +62,7 @@ class _DistributedOptimizer(ReducerView):
                                 fusion_bytes=int(fusion_mb * 2**20), average=op == hvd.Average, nonfinite=nonfinite,
                                 name=name, plan_from_first_step=bucket_order == "ready", predivide=predivide,
                                 groups=groups)
+        self._weight_decay = self._move_momentum(local_sgd is not None)
         self._ready = []  # parameter indices in the order their gradients became ready (first step only)
         self._sparse_seen = set()  # parameters whose gradient was sparse in the first step
         self._densified = {}  # parameter index -> sparse_dim of a gradient densified this step (sparse_as_dense)
@@ -73,6 +78,17 @@ class _DistributedOptimizer(ReducerView):
         self._state_init = False  # inside _local_step(): a state-initialising step, not a training step
         hooks = [p.register_post_accumulate_grad_hook(_hook(weakref.ref(self))) for p in self._params]
         weakref.finalize(self, _remove, hooks)  # a dropped optimizer stops counting gradients
+
+    def _move_momentum(self, local_sgd):
+        """DGC's momentum correction (``hvdkit.compression.dgc``): when the exchange takes SGD's momentum,
+        the wrapped SGD runs with momentum 0 and no weight decay; the decay is added to each gradient
+        before the exchange (returned, else 0), so it goes through the momentum as it did in SGD."""
+        if not self._reducer.take_momentum(_sgd_momentum(self), local_sgd):
+            return 0.0
+        decay = self.param_groups[0]["weight_decay"]
+        for group in self.param_groups:
+            group.update(momentum=0.0, nesterov=False, weight_decay=0.0)
+        return decay
 
     # --- introspection (compression, buckets, last_step_stats: ReducerView) ------------------
     @property
@@ -136,7 +152,13 @@ class _DistributedOptimizer(ReducerView):
         return p.grad
 
     def _launch(self, bucket):
-        tensors = [self._grad(slot.index) for slot in self._reducer.buckets[bucket].slots]
+        slots = self._reducer.buckets[bucket].slots
+        tensors = [self._grad(slot.index) for slot in slots]
+        if self._weight_decay:  # in the gradients' units: times the loss scale, kept on the device
+            scale = self._reducer.loss_scale
+            for slot, grad in zip(slots, tensors):
+                p = self._params[slot.index].detach()
+                grad.add_(p, alpha=self._weight_decay) if scale is None else grad.add_(p * (scale * self._weight_decay))
         self._reducer.launch(bucket, tensors)
 
     def _bucket_grads(self, bucket):
@@ -148,6 +170,11 @@ class _DistributedOptimizer(ReducerView):
         reducer = self._reducer
         self._begin_step()
         if reducer.planning:
+            if self._sparse_seen and reducer.momentum:
+                names = ", ".join(self._names[i] for i in sorted(self._sparse_seen))
+                raise ValueError(f"compression {str(reducer.spec)!r} took over SGD's momentum (DGC's momentum "
+                                 f"correction), which sparse gradients ({names}) would skip; pass "
+                                 f"sparse_as_dense=True, or add mc=0 to the compression spec")
             reducer.adopt_order(self._ready, sorted(self._sparse_seen))
             self._missing = [len(b.slots) for b in reducer.buckets]
         for index in reducer.excluded:
@@ -253,15 +280,7 @@ class _DistributedOptimizer(ReducerView):
         ``keep_residuals``: they hold this rank's unsent gradient already divided by the old world size,
         and the share of a rank that left is gone. Flat exchange only: Horovod's restart drops the node
         process sets, and ``_links`` falls back to the world when hvdkit's topology was not initialised."""
-        old = self._reducer
-        saved = old.state_dict()
-        if not keep_residuals:
-            for bucket_state in saved["buckets"].values():
-                bucket_state["residual"] = None
-        self._reducer = Reducer(old.infos, old.spec, old.ops, old.transport, _links(False),
-                                fusion_bytes=old.fusion_bytes, average=self.op == hvd.Average,
-                                nonfinite=old.nonfinite, name=old.name)
-        self._reducer.load_state_dict(saved)
+        self._reducer = self._reducer.for_world(_links(False), keep_residuals, average=self.op == hvd.Average)
         self._delay = [self.backward_passes_per_step] * len(self._params)
         self._missing = [len(b.slots) for b in self._reducer.buckets]
         self._synchronized = False
@@ -279,6 +298,27 @@ def _hook(optimizer_ref):
 def _remove(handles):
     for handle in handles:
         handle.remove()
+
+
+def live_optimizers():
+    """This process's hvdkit optimizers that are still referenced, in creation order (the same on every rank)."""
+    return [optimizer for _, optimizer in sorted(_live.items())]
+
+
+def _sgd_momentum(optimizer):
+    """The wrapped optimizer's momentum, as the compression sees it (``dgc.OptimizerMomentum``)."""
+    wrapped = type(optimizer).__bases__[-1]  # the user's optimizer class behind _DistributedOptimizer
+    kind = f"{wrapped.__module__}.{wrapped.__name__}"
+    if not isinstance(optimizer, torch.optim.SGD):
+        return OptimizerMomentum(kind, why_not=f"the wrapped optimizer is {kind}, not torch.optim.SGD")
+    settings = {(g["momentum"], g["nesterov"], g["dampening"], g["weight_decay"]) for g in optimizer.param_groups}
+    if len(settings) > 1:
+        return OptimizerMomentum(kind, why_not=f"its parameter groups differ in momentum, nesterov, dampening or "
+                                               f"weight_decay {sorted(settings)}")
+    momentum, nesterov, dampening, _ = settings.pop()
+    if dampening:
+        return OptimizerMomentum(kind, why_not=f"its dampening is {dampening!r}; DGC's momentum has none")
+    return OptimizerMomentum("torch.optim.SGD", momentum, nesterov)
 
 
 def _alone(obj):
@@ -329,7 +369,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
       ``optimizer.synchronize()``, ``scaler.unscale_(optimizer)``, ``with optimizer.skip_synchronize():
       scaler.step(optimizer)``, ``scaler.update()``.
 
-    ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16 only).
+    ``op=hvd.Adasum`` is delegated to Horovod's own optimizer (``compression`` none or fp16, and
+    ``backward_passes_per_step``); another hvdkit option away from its default is a ValueError naming it.
+    ``hvdkit.torch.join()`` (Horovod's ``join``) refuses, before joining, exchanges it cannot complete.
     ``gradient_predivide_factor`` splits the average as Horovod's does (1/factor before the sum, factor/size
     after; by default hvdkit divides by the world size before summing, so fp16 sums cannot overflow).
     ``process_set``: the exchange runs among that registered set's ranks (flat; ``hierarchical=True`` needs
@@ -362,7 +404,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression="none", b
     if local_sgd is not None and not hasattr(local_sgd, "in_warmup"):
         raise ValueError(f"local_sgd must be a hvdkit.averaging.PeriodicAverager, got {local_sgd!r}")
     if op == hvd.Adasum:
-        return _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step)
+        return _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step, {
+            "fusion_mb": fusion_mb, "hierarchical": hierarchical, "groups": groups, "sparse_as_dense": sparse_as_dense,
+            "process_set": process_set, "local_sgd": local_sgd, "bucket_order": bucket_order, "nonfinite": nonfinite})
     cls = type(type(optimizer).__name__, (_DistributedOptimizer, type(optimizer)), {"__module__": __name__})
     wrapped = cls.__new__(cls)
     type(optimizer).__init__(wrapped, optimizer.param_groups, **_constructor_kwargs(optimizer))
@@ -408,13 +452,56 @@ def _check_predivide(factor, op):
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
         raise ValueError(f"gradient_predivide_factor must be a number > 0, got {factor!r}")
     if factor != 1.0 and op != hvd.Average:
-        raise ValueError(f"gradient_predivide_factor={factor!r} splits an average: it needs op=hvd.Average")
+        name = "hvd.Adasum" if op == hvd.Adasum else "hvd.Sum"
+        raise ValueError(f"gradient_predivide_factor={factor!r} splits an average: it needs op=hvd.Average, "
+                         f"not op={name}")
 
 
-def _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step):
-    horovod_compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}.get(spec.name)
-    if horovod_compression is None:
-        raise ValueError(f"op=hvd.Adasum runs Horovod's own Adasum optimizer, which supports compression "
-                         f"'none' or 'fp16' only, got {str(spec)!r}")
+def _adasum_refusal(spec, options):
+    """Why op=hvd.Adasum cannot take these hvdkit options (None: it can). Adasum runs Horovod's own optimizer,
+    which adapts each parameter's update on its own: hvdkit's buckets, hierarchy, compressors and checks are not
+    in its path. ``options``: the keyword arguments as given; defaults are never refused."""
+    why = "Adasum runs Horovod's own optimizer, which"
+    if spec.name not in ("none", "fp16"):
+        return (f"compression={spec.head!r}: {why} supports compression 'none' or 'fp16' only; "
+                f"use op=hvd.Average for {spec.name}")
+    extra = {key: value for key, value in spec.options.items() if value != resolve(spec.name).options[key]}
+    if extra:
+        shown = ",".join(f"{key}={value}" for key, value in sorted(extra.items()))
+        return (f"compression={spec.name!r} with {shown}: {why} takes Horovod's {spec.name} without options; "
+                f"drop {shown}, or use op=hvd.Average")
+    refused = {
+        "fusion_mb": (DEFAULT_FUSION_MB, "fuses with HOROVOD_FUSION_THRESHOLD, not hvdkit's buckets; set that "
+                                         "variable instead"),
+        "hierarchical": (False, "reduces inside each node first by itself (on GPUs); use hierarchical=False, or "
+                                "op=hvd.Average for hvdkit's hierarchy"),
+        "groups": (None, "exchanges each parameter on its own; drop groups/num_groups, or use op=hvd.Average"),
+        "sparse_as_dense": (False, "exchanges dense gradients only; use op=hvd.Average for sparse gradients"),
+        "process_set": (None, "runs on the global process set only; drop process_set, or use op=hvd.Average"),
+        "local_sgd": (None, "updates every step; use op=hvd.Average with local_sgd"),
+        "bucket_order": ("ready", "has no buckets; drop bucket_order"),
+    }
+    for name, (default, what) in refused.items():
+        value = options[name]
+        if name == "process_set" and value is hvd.global_process_set:
+            continue
+        if value is not default and value != default:
+            if name == "groups":
+                return f"groups/num_groups: {why} {what}"
+            shown = repr(value) if isinstance(value, (str, int, float)) else f"<{type(value).__name__}>"
+            return f"{name}={shown}: {why} {what}"
+    if options["nonfinite"] == "raise":
+        return (f"nonfinite='raise': {why} applies non-finite updates as they come (nonfinite='pass'); use "
+                f"op=hvd.Average to raise on them")
+    return None
+
+
+def _horovod_adasum(optimizer, named_parameters, spec, backward_passes_per_step, options):
+    """``op=hvd.Adasum``: Horovod's own optimizer, after refusing the hvdkit options it would ignore.
+    ``nonfinite="skip"`` (the default) and ``loss_scaler`` (no error feedback to rescale) are accepted."""
+    why = _adasum_refusal(spec, options)
+    if why is not None:
+        raise ValueError(f"op=hvd.Adasum with {why}")
+    horovod_compression = hvd.Compression.fp16 if spec.name == "fp16" else hvd.Compression.none
     return hvd.DistributedOptimizer(optimizer, named_parameters, horovod_compression, backward_passes_per_step,
                                     op=hvd.Adasum)

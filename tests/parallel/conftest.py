@@ -103,3 +103,8 @@ def topo(hvd):
     from hvdkit import topology
 
     return topology.current()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``joins`` last: after Horovod's join() the ranks name unnamed ops differently."""
+    items.sort(key=lambda item: item.get_closest_marker("joins") is not None)

@@ -9,13 +9,14 @@ PAIRS = [("horovod.torch", "hvdkit.torch"), ("horovod.tensorflow", "hvdkit.tenso
          ("horovod.tensorflow.keras", "hvdkit.tensorflow.keras")]
 # hvdkit's own definitions (compressed, fused, hierarchical exchange; Keras 3; hvdkit's topology).
 REPLACED = {
-    "hvdkit.torch": {"init", "DistributedOptimizer", "broadcast_optimizer_state", "Compression", "elastic"},
+    "hvdkit.torch": {"init", "DistributedOptimizer", "broadcast_optimizer_state", "Compression", "elastic", "join"},
     "hvdkit.tensorflow": {"init", "DistributedGradientTape", "DistributedOptimizer", "broadcast_variables",
-                          "Compression", "keras"},
-    "hvdkit.tensorflow.keras": {"init", "Compression", "DistributedOptimizer", "callbacks", "load_model"},
+                          "Compression", "keras", "PartialDistributedGradientTape", "SyncBatchNormalization",
+                          "sync_batch_norm", "elastic"},
+    "hvdkit.tensorflow.keras": {"init", "Compression", "DistributedOptimizer", "callbacks", "load_model", "elastic"},
 }
 # Horovod pieces that do not work on Keras 3 and that hvdkit does not provide yet.
-NOT_PROVIDED = {"hvdkit.tensorflow.keras": {"elastic"}}
+NOT_PROVIDED = {}
 
 
 def foreign(value):

@@ -3,9 +3,10 @@
 ``import hvdkit.tensorflow.keras as hvd`` in a Horovod Keras script keeps its
 calls working on Keras 3 (where Horovod's own Keras layer fails):
 ``init``, ``rank``, ``size``, ``DistributedOptimizer``, ``callbacks.*``,
-``allreduce``, ``load_model``, ``Compression.fp16``, ... with hvdkit's
-compression, fusion and hierarchy in ``DistributedOptimizer(compression=...,
-fusion_mb=..., hierarchical=...)``.
+``allreduce``, ``load_model``, ``Compression.fp16``, ``elastic.*``, ... with
+hvdkit's compression, fusion and hierarchy in
+``DistributedOptimizer(compression=..., fusion_mb=..., hierarchical=...)``,
+and ``SyncBatchNormalization`` for Keras 3.
 """
 import horovod.tensorflow.keras as _horovod
 
@@ -15,13 +16,11 @@ from hvdkit.tensorflow import Compression, init  # noqa: F401
 from hvdkit.tensorflow.keras import callbacks  # noqa: F401
 from hvdkit.tensorflow.keras.optimizer import DistributedOptimizer  # noqa: F401
 from hvdkit.tensorflow.keras.saving import load_model  # noqa: F401
+from hvdkit.tensorflow.sync_batch_norm import SyncBatchNormalization  # noqa: F401
 
-# Horovod's ``elastic`` Keras state relies on Keras 2: not exported.
-_dropin.export_horovod_names(_horovod, globals(), excluded=("elastic",))
+# ``elastic`` is hvdkit's submodule (Horovod's relies on Keras 2): export_horovod_names leaves it alone.
+_dropin.export_horovod_names(_horovod, globals())
 
 
 def __getattr__(name):
-    if name == "elastic":
-        raise AttributeError("hvdkit.tensorflow.keras has no 'elastic' yet: Horovod's Keras elastic state relies "
-                             "on Keras 2; use hvdkit.torch's elastic training, or Horovod elastic with a tf.function loop")
     return _dropin.horovod_attribute(_horovod, __name__, name)

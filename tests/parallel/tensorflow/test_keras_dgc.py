@@ -1,17 +1,13 @@
 """Deep Gradient Compression's recipe in the Keras optimizer against a numpy restatement of the paper's
 algorithm (``tests/support/dgc_reference.py``): Keras's SGD with momentum, wrapped, takes one step per
 known per-rank gradient; the momentum moves into the compression. Exchanges are flat at every world size."""
-import os
-import sys
-
 import keras
 import numpy as np
 import pytest
 
 import hvdkit.tensorflow.keras as hvdk
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "support"))
-from dgc_reference import LR, MOMENTUM, N_B, N_W, STEPS, coefficients, reference  # noqa: E402
+from dgc_reference import LR, MOMENTUM, N_B, N_W, STEPS, coefficients, reference
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,8 +1,6 @@
 """Deep Gradient Compression's recipe in the torch optimizer against a numpy restatement of the paper's
 algorithm (``tests/support/dgc_reference.py``). Exchanges are flat at every world size."""
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -10,9 +8,8 @@ import torch
 
 import hvdkit.torch as hvdkit_torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "support"))
-import oracle  # noqa: E402
-from dgc_reference import LR, MOMENTUM, N_B, N_W, STEPS, coefficients, reference  # noqa: E402
+import oracle
+from dgc_reference import LR, MOMENTUM, N_B, N_W, STEPS, coefficients, reference
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,7 @@ from optimizer_support import FUSION_MB, LR, loss_of, make_model, train
 
 pytestmark = pytest.mark.timeout(120)
 
-SPECS = ["topk:0.1", "topk:0.1,approx=1", "onebit,block=64", "int8:64,ef=1", "fp16,ef=1", "randomk:0.25",
+SPECS = ["topk:0.1", "topk:0.1,approx=1", "onebit,block=64", "int8:64,ef=1", "fp16,ef=1", "randomk:0.25,min_numel=0",
          "powersgd:2", "topk:0.1,two_phase=1", "onebit,block=64,two_phase=1"]
 
 

@@ -14,7 +14,7 @@ from optimizer_support import FUSION_MB, LR, assert_same_on_every_rank, make_mod
 pytestmark = pytest.mark.timeout(180)
 
 STEPS = 5
-SPECS = ["none", "fp16,ef=1", "bf16", "int8:64,ef=1", "topk:0.1", "topk:0.1,approx=1", "randomk:0.25",
+SPECS = ["none", "fp16,ef=1", "bf16", "int8:64,ef=1", "topk:0.1", "topk:0.1,approx=1", "randomk:0.25,min_numel=0",
          "onebit,block=64", "powersgd:2", "topk:0.05,warmup=2,min_numel=100"]
 
 

@@ -14,7 +14,7 @@ VALID = {
     "topk:0.5,approx=1": ("topk", 0.5, {"approx": True, "ef": True}),
     "topk:0.0123456789": ("topk", 0.0123456789, {}),
     " TopK : 0.1 , ef = 0 ": ("topk", 0.1, {"ef": False}),
-    "randomk:1": ("randomk", 1.0, {"ef": True}),
+    "randomk:1": ("randomk", 1.0, {"ef": True, "min_numel": 1024}),  # small tensors stay dense
     "onebit": ("onebit", None, {"block": 1024, "ef": True}),
     "onebit,block=64": ("onebit", None, {"block": 64}),
     "powersgd:4": ("powersgd", 4, {"warm_start": True, "ef": True, "min_compression_rate": 2.0}),
@@ -76,7 +76,7 @@ def test_malformed_specs_raise_naming_the_spec_and_the_choices(text):
 
 
 def test_option_errors_list_the_algorithms_options():
-    with pytest.raises(ValueError, match=r"options for topk: approx, ef, min_numel, two_phase, warmup"):
+    with pytest.raises(ValueError, match=r"options for topk: approx, clip, ef, mask, mc, min_numel, ramp, two_phase, warmup"):
         parse("topk:0.1,block=8")
 
 

@@ -4,10 +4,10 @@ import horovod.torch
 
 import hvdkit.torch
 
-REPLACED = {"init", "DistributedOptimizer", "broadcast_optimizer_state", "Compression"}
+REPLACED = {"init", "DistributedOptimizer", "broadcast_optimizer_state", "Compression", "join"}
 HOROVOD_NAMES = ["rank", "size", "local_rank", "local_size", "cross_rank", "allreduce", "allreduce_",
                  "allreduce_async", "allgather", "broadcast", "broadcast_", "broadcast_parameters",
-                 "broadcast_object", "alltoall", "reducescatter", "grouped_allreduce", "join", "barrier",
+                 "broadcast_object", "alltoall", "reducescatter", "grouped_allreduce", "barrier",
                  "synchronize", "poll", "shutdown", "is_initialized", "Average", "Sum", "Adasum",
                  "SyncBatchNorm", "mpi_enabled", "gloo_enabled"]
 
