@@ -68,6 +68,10 @@ class Compressor:
     def __repr__(self):
         return f"<{type(self).__name__} {self.spec}>"
 
+    def advice(self):
+        """A warning for the start of a job where this compressor's settings need care (None: none)."""
+        return None
+
     def accepts(self, shape):
         """Whether a tensor of this shape is worth compressing (others go in dense buckets)."""
         return True

@@ -9,9 +9,11 @@ momentum, which is what makes ``randomk:0.01`` diverge. DGC's remedy, here:
   into the compressor. Each rank keeps its own velocity ``u = m*u + g`` (per
   bucket, in ``BucketState.velocity``), accumulates ``u`` (or ``g + m*u``
   for Nesterov) in the error-feedback residual and sparsifies that; the
-  wrapped optimizer then runs with momentum 0. ``auto`` (default) turns it
-  on when the wrapped optimizer is SGD with momentum > 0 (and off, silently,
-  for any other optimizer); ``1`` refuses any other optimizer. Buckets that
+  wrapped optimizer then runs with momentum 0. ``0`` (default) leaves the
+  momentum in the optimizer: on the small tasks of ``benchmarks/fidelity.py``
+  top-k ends closer to dense without it (``benchmarks/README.md``). ``auto``
+  turns it on when the wrapped optimizer is SGD with momentum > 0 (and off,
+  silently, for any other optimizer); ``1`` refuses any other optimizer. Buckets that
   are not compressed (small tensors, ``warmup=``) get the same momentum,
   dense, so every parameter keeps its momentum;
 * **momentum factor masking** (``mask=1``, default): where a coordinate was
@@ -48,7 +50,7 @@ _correction.describe = "auto, 0 or 1"
 
 # The options DGC's recipe adds to top-k and random-k: name -> (parser, default).
 SPARSIFIER_OPTIONS = {
-    "mc": (_correction, "auto"),
+    "mc": (_correction, "0"),
     "mask": (spec.flag, True),
     "clip": (spec.non_negative_float, 0.0),
     "ramp": (spec.non_negative_int, 0),

@@ -14,6 +14,9 @@ class OneBit(Compressor):
     name = "onebit"
     summable = False
     options = {"ef": (spec.flag, True), "block": (spec.block_size, 1024), "two_phase": TWO_PHASE_OPTION}
+    # A block's one scale spans neighbouring tensors in a bucket: a bias sharing a block with a weight
+    # matrix would move by the weights' mean magnitude every step.
+    common_defaults = spec.SMALL_TENSORS_DENSE
     decodes_into = True
 
     def __init__(self, spec_, ops):

@@ -18,9 +18,18 @@ class RandomK(Compressor):
     options = {"ef": (spec.flag, True), "seed": (spec.non_negative_int, 0), **dgc.SPARSIFIER_OPTIONS}
     aliases = dgc.ALIASES
     # Every value is sent once in 1/RATIO steps on average: small tensors (biases, a classifier's last
-    # layer) updated that rarely make training diverge, and cost little to send dense.
-    common_defaults = {"min_numel": 1024}
+    # layer) updated that rarely make training diverge.
+    common_defaults = spec.SMALL_TENSORS_DENSE
     decodes_into = True
+
+    def advice(self):
+        steps = round(1 / self.spec.arg)
+        if steps < 10 or not self.ef:
+            return None
+        return (f"{self.spec.head}: each value is sent about once in {steps} steps and carried in error feedback "
+                f"until then, so a learning rate tuned for dense training may be too large for the tensors it "
+                f"compresses (those of {self.spec.options['min_numel']} elements or more); if the loss grows, lower "
+                f"the learning rate, or use topk:{self.spec.arg}")
 
     def compress(self, tensor, state):
         ops = self.ops

@@ -108,6 +108,10 @@ non_negative_float.describe = "a number >= 0"
 
 # Options every algorithm accepts: name -> (parser, default).
 COMMON_OPTIONS = {"warmup": (non_negative_int, 0), "min_numel": (non_negative_int, 0)}
+# The common defaults of the compressors that code each value with little or no regard to its tensor (top-k,
+# random-k, 1-bit): tensors under 1024 elements (biases, norms, a small last layer) stay dense. They cost
+# little to send and are what these compressors damage most (benchmarks/README.md, "Fidelity").
+SMALL_TENSORS_DENSE = {"min_numel": 1024}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ class TopK(Compressor):
     options = {"ef": (spec.flag, True), "approx": (spec.flag, False), "two_phase": TWO_PHASE_OPTION,
                **dgc.SPARSIFIER_OPTIONS}
     aliases = dgc.ALIASES
+    common_defaults = spec.SMALL_TENSORS_DENSE  # a small tensor's few kept values starve it
     chunk_grain = 1
     decodes_into = True
 

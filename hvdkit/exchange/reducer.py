@@ -101,6 +101,8 @@ class Reducer:
         if links.world.size == 1 and self.compressor.name != "none":
             _log.warning("hvdkit: one rank: gradients are applied as they are, without compression (%s) or "
                          "exchange", self.spec)
+        elif self.compressor.advice() and links.world.position == 0:
+            _log.warning("hvdkit: %s", self.compressor.advice())
 
     def _plan(self, order, excluded=()):
         """Bucket plan over the tensors taken in ``order`` (None: reverse registration order), leaving out

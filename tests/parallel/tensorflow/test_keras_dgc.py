@@ -23,7 +23,7 @@ def test_keras_sgd_momentum_moves_into_topk(nesterov):
         pytest.skip("a lone rank compresses nothing and keeps SGD's own momentum")
     w, b = keras.Variable(np.ones(N_W, np.float32), name="w"), keras.Variable(np.ones(N_B, np.float32), name="b")
     optimizer = hvdk.DistributedOptimizer(keras.optimizers.SGD(LR, momentum=MOMENTUM, nesterov=nesterov),
-                                          compression=f"topk:0.05,min_numel={N_B + 1}")
+                                          compression=f"topk:0.05,mc=1,min_numel={N_B + 1}")
     for step in range(STEPS):
         c, d = coefficients(hvdk.rank(), step)
         optimizer.apply([keras.ops.convert_to_tensor(c), keras.ops.convert_to_tensor(d)], [w, b])

@@ -72,14 +72,14 @@ def test_tape_inside_tf_function_equals_eager_and_keeps_error_feedback(hvd):
     def graph_step(x, y):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean((graph_model(x) - y) ** 2)
-        tape = hvdkit_tf.DistributedGradientTape(tape, compression="topk:0.1")
+        tape = hvdkit_tf.DistributedGradientTape(tape, compression="topk:0.1,min_numel=0")
         grads = tape.gradient(loss, graph_model.trainable_variables)
         traced_shapes.extend(tuple(g.shape) for g in grads)
         sgd(graph_model, grads)
         return tape.finite
 
     for step in range(3):
-        grads, _ = distributed_gradients(eager_model, hvd.rank(), step, compression="topk:0.1")
+        grads, _ = distributed_gradients(eager_model, hvd.rank(), step, compression="topk:0.1,min_numel=0")
         sgd(eager_model, grads)
         assert bool(graph_step(*batch(hvd.rank(), step)))
         for a, b in zip(snapshot(eager_model), snapshot(graph_model)):
@@ -130,9 +130,9 @@ def test_wrapping_before_the_with_block_and_persistent_tapes(hvd):
 
 def test_a_later_tape_reuses_the_exchange_and_its_error_feedback(hvd):
     model = make_model()
-    _, first = distributed_gradients(model, hvd.rank(), 0, compression="topk:0.1")
-    _, second = distributed_gradients(model, hvd.rank(), 1, compression="topk:0.1")
-    _, other = distributed_gradients(model, hvd.rank(), 1, compression="topk:0.2")
+    _, first = distributed_gradients(model, hvd.rank(), 0, compression="topk:0.1,min_numel=0")
+    _, second = distributed_gradients(model, hvd.rank(), 1, compression="topk:0.1,min_numel=0")
+    _, other = distributed_gradients(model, hvd.rank(), 1, compression="topk:0.2,min_numel=0")
     assert second.exchange is first.exchange and first.exchange.steps == 2
     assert other.exchange is not first.exchange
     kept = weakref.ref(first.exchange)

@@ -40,7 +40,7 @@ def test_sparsifier_with_momentum_correction_matches_the_papers_algorithm(hvd, s
     if hvd.size() == 1:
         pytest.skip("a lone rank compresses nothing and keeps SGD's own momentum")
     hvdkit_torch.init()
-    w, b, opt = run(hvd, f"{spec},min_numel={N_B + 1}")
+    w, b, opt = run(hvd, f"{spec},mc=1,min_numel={N_B + 1}")
     assert opt.param_groups[0]["momentum"] == 0.0, "the momentum must have moved into the compression"
     kind, ratio = spec.split(",")[0].split(":")
     seed = None
@@ -58,18 +58,19 @@ def test_nesterov_and_weight_decay_go_through_the_moved_momentum(hvd, nesterov, 
     if hvd.size() == 1:
         pytest.skip("a lone rank compresses nothing and keeps SGD's own momentum")
     hvdkit_torch.init()
-    w, b, _ = run(hvd, f"topk:0.05,min_numel={N_B + 1}", nesterov=nesterov, decay=decay)
+    w, b, _ = run(hvd, f"topk:0.05,mc=1,min_numel={N_B + 1}", nesterov=nesterov, decay=decay)
     want_w, want_b = reference(hvd.size(), "topk", 0.05, nesterov=nesterov, decay=decay)
     np.testing.assert_allclose(w, want_w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b, want_b, rtol=1e-5, atol=1e-6)
 
 
-def test_mc_0_keeps_the_momentum_in_sgd(hvd):
-    """Without momentum correction, SGD's momentum runs on the sparse sum of the raw accumulations."""
+def test_by_default_the_momentum_stays_in_sgd(hvd):
+    """Without momentum correction (the default), SGD's momentum runs on the sparse sum of the raw
+    accumulations."""
     if hvd.size() == 1:
         pytest.skip("a lone rank compresses nothing")
     hvdkit_torch.init()
-    w, _, opt = run(hvd, f"topk:0.05,mc=0,min_numel={N_B + 1}")
+    w, _, opt = run(hvd, f"topk:0.05,min_numel={N_B + 1}")
     assert opt.param_groups[0]["momentum"] == MOMENTUM
     f32 = np.float32
     want, buf = np.ones(N_W, f32), np.zeros(N_W, f32)
@@ -99,5 +100,5 @@ def test_mc_1_refuses_an_optimizer_that_is_not_sgd_with_momentum(hvd):
         hvdkit_torch.DistributedOptimizer(torch.optim.SGD([w], lr=0.1), named_parameters=[("w", w)],
                                           compression="randomk:0.01,mc=1")
     adam = hvdkit_torch.DistributedOptimizer(torch.optim.Adam([w]), named_parameters=[("w", w)],
-                                             compression="topk:0.01")
+                                             compression="topk:0.01,mc=auto")
     assert adam._reducer.momentum is None and not math.isnan(adam.param_groups[0]["lr"])

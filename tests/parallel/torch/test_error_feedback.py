@@ -15,8 +15,8 @@ from optimizer_support import FUSION_MB, LR, loss_of, make_model, train
 
 pytestmark = pytest.mark.timeout(120)
 
-SPECS = ["topk:0.1", "topk:0.1,approx=1", "onebit,block=64", "int8:64,ef=1", "fp16,ef=1", "randomk:0.25,min_numel=0",
-         "powersgd:2", "topk:0.1,two_phase=1", "onebit,block=64,two_phase=1"]
+SPECS = ["topk:0.1,min_numel=0", "topk:0.1,approx=1,min_numel=0", "onebit,block=64,min_numel=0", "int8:64,ef=1", "fp16,ef=1", "randomk:0.25,min_numel=0",
+         "powersgd:2", "topk:0.1,two_phase=1,min_numel=0", "onebit,block=64,two_phase=1,min_numel=0"]
 
 
 def error_feedback(opt):
@@ -59,7 +59,7 @@ def test_a_step_skipped_for_another_ranks_nan_leaves_every_residual_as_it_was(hv
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), parameters))
 
 
-@pytest.mark.parametrize("spec", ["topk:0.1", "onebit,block=64", "int8:64,ef=1"])
+@pytest.mark.parametrize("spec", ["topk:0.1,min_numel=0", "onebit,block=64,min_numel=0", "int8:64,ef=1"])
 def test_residuals_follow_a_changing_loss_scale(hvd, spec):
     """A GradScaler that doubles its scale every step and halves it on a forced overflow gives the same
     training as no loss scaling at all, the overflowing step left out (scales are powers of two, so the

@@ -16,8 +16,8 @@ from optimizer_support import FUSION_MB, LR, loss_of, make_model, train
 
 pytestmark = pytest.mark.timeout(120)
 
-SPECS = ["none", "fp16,ef=1", "int8:64,ef=1", "topk:0.1", "topk:0.1,approx=1", "randomk:0.25,min_numel=0",
-         "onebit,block=64", "powersgd:2", "topk:0.1,two_phase=1"]
+SPECS = ["none", "fp16,ef=1", "int8:64,ef=1", "topk:0.1,min_numel=0", "topk:0.1,approx=1,min_numel=0", "randomk:0.25,min_numel=0",
+         "onebit,block=64,min_numel=0", "powersgd:2", "topk:0.1,two_phase=1,min_numel=0"]
 
 
 @pytest.mark.parametrize("nonfinite,expected", [("skip", 1), ("pass", 0)])

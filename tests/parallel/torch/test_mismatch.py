@@ -102,7 +102,7 @@ def test_broadcast_state_names_the_parameter_and_the_ranks(hvd, culprit):
     ({"compression": "fp16"}, {"compression": "none"}, "compression is 'fp16' on {others} but 'none' on rank {culprit}"),
     ({"compression": "topk:0.1"}, {"compression": "topk:0.1,warmup=3"}, "compression option warmup is 0 on {others} "
                                                                         "but 3 on rank {culprit}"),
-    ({"compression": "topk:0.1"}, {"compression": "topk:0.1,min_numel=64"}, "compression option min_numel is 0 on "
+    ({"compression": "topk:0.1"}, {"compression": "topk:0.1,min_numel=64"}, "compression option min_numel is 1024 on "
                                                                             "{others} but 64 on rank {culprit}"),
     ({"fusion_mb": FUSION_MB}, {"fusion_mb": 1}, "fusion_mb is 0.002 on {others} but 1.0 on rank {culprit}"),
     ({}, {"op": hvdkit_torch.Sum}, "op is 'average' on {others} but 'sum' on rank {culprit}"),

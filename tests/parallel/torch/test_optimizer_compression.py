@@ -14,8 +14,8 @@ from optimizer_support import FUSION_MB, LR, assert_same_on_every_rank, make_mod
 pytestmark = pytest.mark.timeout(180)
 
 STEPS = 5
-SPECS = ["none", "fp16,ef=1", "bf16", "int8:64,ef=1", "topk:0.1", "topk:0.1,approx=1", "randomk:0.25,min_numel=0",
-         "onebit,block=64", "powersgd:2", "topk:0.05,warmup=2,min_numel=100"]
+SPECS = ["none", "fp16,ef=1", "bf16", "int8:64,ef=1", "topk:0.1,min_numel=0", "topk:0.1,approx=1,min_numel=0", "randomk:0.25,min_numel=0",
+         "onebit,block=64,min_numel=0", "powersgd:2", "topk:0.05,warmup=2,min_numel=100"]
 
 
 @pytest.mark.parametrize("spec", SPECS)

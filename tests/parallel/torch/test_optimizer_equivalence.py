@@ -142,7 +142,7 @@ def test_parameters_of_other_dtypes_are_averaged_densely(hvd):
               "f64": torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
               "f32": torch.nn.Parameter(torch.zeros(6))}
     opt = hvdkit_torch.DistributedOptimizer(torch.optim.SGD(params.values(), lr=1.0), list(params.items()),
-                                            compression="topk:0.5")
+                                            compression="topk:0.5,min_numel=0")
     assert {b.dtype: b.compressed for b in opt.buckets} == {"bfloat16": False, "float16": False, "float64": False,
                                                             "float32": True}
     ((hvd.rank() + 1) * sum(p.double().sum() for p in params.values())).backward()

@@ -17,7 +17,7 @@ def test_sparsity_warm_up_follows_the_paper():
 def test_options_parse_with_documented_defaults_and_aliases():
     spec = parse("topk:0.01")
     assert (spec.options["mc"], spec.options["mask"], spec.options["clip"], spec.options["ramp"]) == \
-        ("auto", True, 0.0, 0)
+        ("0", True, 0.0, 0)
     spec = parse("randomk:0.01,momentum_correction=1,momentum_masking=0,clip_norm=2.5,sparsity_warmup=400")
     assert (spec.options["mc"], spec.options["mask"], spec.options["clip"], spec.options["ramp"]) == \
         ("1", False, 2.5, 400)
@@ -41,13 +41,14 @@ ADAM = dgc.OptimizerMomentum("torch.optim.Adam", why_not="the wrapped optimizer 
 
 
 def test_auto_moves_sgds_momentum_and_leaves_every_other_optimizer_alone():
-    assert dgc.momentum_plan(parse("topk:0.01"), SGD, ranks=2) == (0.9, True)
-    assert dgc.momentum_plan(parse("topk:0.01"), ADAM, ranks=2) is None
-    assert dgc.momentum_plan(parse("topk:0.01"), dgc.OptimizerMomentum("torch.optim.SGD", 0.0), ranks=2) is None
-    assert dgc.momentum_plan(parse("topk:0.01"), SGD, ranks=1) is None  # a lone rank compresses nothing
-    assert dgc.momentum_plan(parse("topk:0.01,mc=0"), SGD, ranks=2) is None
-    assert dgc.momentum_plan(parse("topk:0.01,ef=0"), SGD, ranks=2) is None
-    assert dgc.momentum_plan(parse("topk:0.01"), SGD, ranks=2, local_sgd=True) is None
+    auto = parse("topk:0.01,mc=auto")
+    assert dgc.momentum_plan(auto, SGD, ranks=2) == (0.9, True)
+    assert dgc.momentum_plan(auto, ADAM, ranks=2) is None
+    assert dgc.momentum_plan(auto, dgc.OptimizerMomentum("torch.optim.SGD", 0.0), ranks=2) is None
+    assert dgc.momentum_plan(auto, SGD, ranks=1) is None  # a lone rank compresses nothing
+    assert dgc.momentum_plan(parse("topk:0.01,mc=auto,ef=0"), SGD, ranks=2) is None
+    assert dgc.momentum_plan(auto, SGD, ranks=2, local_sgd=True) is None
+    assert dgc.momentum_plan(parse("topk:0.01"), SGD, ranks=2) is None  # off by default
     assert dgc.momentum_plan(parse("int8"), SGD, ranks=2) is None  # not a sparsifier
 
 

@@ -52,7 +52,7 @@ def step(r, tensors):
 @pytest.mark.parametrize("size,per_node,changes,expected", [
     (2, None, {"spec": "topk:0.02"}, "compression is 'topk:0.01' on rank 0 but 'topk:0.02' on rank 1"),
     (2, None, {"spec": "topk:0.01,warmup=5"}, "compression option warmup is 0 on rank 0 but 5 on rank 1"),
-    (4, None, {"spec": "topk:0.01,min_numel=100"}, "compression option min_numel is 0 on ranks 0-2 but 100 on rank 3"),
+    (4, None, {"spec": "topk:0.01,min_numel=100"}, "compression option min_numel is 1024 on ranks 0-2 but 100 on rank 3"),
     (4, None, {"spec": "topk:0.01,ef=0"}, "compression option ef is True on ranks 0-2 but False on rank 3"),
     (2, None, {"fusion_bytes": 8192}, "fusion_mb is 0.003906 on rank 0 but 0.007812 on rank 1"),
     (4, 2, {"hierarchical": True}, "hierarchical is False on ranks 0-2 but True on rank 3"),

@@ -26,7 +26,7 @@ def test_replaced_names_exist_and_horovod_compression_names_still_work():
     compression = hvdkit.tensorflow.Compression
     assert issubclass(compression.fp16, horovod_tf.Compression.fp16)
     assert issubclass(compression.none, horovod_tf.Compression.none)
-    assert str(compression.topk(0.01, ef=False)) == ("topk:0.01,approx=0,clip=0.0,ef=0,mask=1,mc=auto,min_numel=0,"
+    assert str(compression.topk(0.01, ef=False)) == ("topk:0.01,approx=0,clip=0.0,ef=0,mask=1,mc=0,min_numel=1024,"
                                                      "ramp=0,two_phase=auto,warmup=0")
 
 
