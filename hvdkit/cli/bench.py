@@ -4,6 +4,7 @@
 the given arguments in this Python; ``hvdkit bench`` with no name lists them.
 Multi-rank benchmarks launch their own ranks (see each script's ``--help``).
 """
+import ast
 import os
 import subprocess
 import sys
@@ -21,6 +22,13 @@ def available():
                   if name.endswith(".py") and not name.startswith("_"))
 
 
+def summary(name):
+    """The first line of a benchmark's docstring, read without running the script (its imports are slow)."""
+    with open(os.path.join(BENCHMARKS_DIR, name + ".py")) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
 def add_arguments(parser):
     parser.add_argument("name", nargs="?", help="benchmark to run (omit to list them)")
     parser.add_argument("args", nargs="...", help="arguments passed to the benchmark script")
@@ -29,7 +37,12 @@ def add_arguments(parser):
 def main(args):
     names = available()
     if args.name is None:
-        print("benchmarks: " + (", ".join(names) if names else f"none found in {BENCHMARKS_DIR}"))
+        if not names:
+            print(f"benchmarks: none found in {BENCHMARKS_DIR}")
+            return 0
+        print("benchmarks (hvdkit bench NAME --help for each one's flags):")
+        for name in names:
+            print(f"  {name:<11} {summary(name)}")
         return 0
     if args.name not in names:
         raise UsageError(f"unknown benchmark {args.name!r}; choose one of {', '.join(names) or '(none found)'}")

@@ -164,31 +164,29 @@ def reference(switch_step, sizes, epochs, seed=0, lr=0.05, momentum=0.9):
     return model.state_dict(), step
 
 
-# --- the tests -----------------------------------------------------------------------------------
-def test_killed_worker_rolls_back_to_the_commit_and_training_finishes_on_two(tmp_path):
-    import torch
-
+def run_and_kill_one(tmp_path, worker_cmd, env, timeout, ready):
+    """Run ``worker_cmd`` elastically on two hosts (``localhost:2`` and ``127.0.0.1:1``, from a discovery
+    script) under ``horovodrun --gloo -np 3 --min-np 2``; once the worker on 127.0.0.1 writes a progress record
+    for which ``ready(record)`` holds, SIGKILL it and drop its host. Asserts the job ends well and leaves no
+    process behind; returns (the killed pid, when, the job's output). Progress goes to ``tmp_path / "out"``."""
     script, hosts_file = discovery(tmp_path, ["localhost:2", "127.0.0.1:1"])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     cmd = ["horovodrun", "--gloo", "-np", "3", "--min-np", "2", "--max-np", "3", "--host-discovery-script",
-           str(script), sys.executable, os.path.abspath(__file__), "worker", str(out_dir), "--epochs", str(EPOCHS),
-           "--batch-size", str(BATCH), "--log-dir", str(out_dir / "logs")]
+           str(script), *worker_cmd]
     with open(tmp_path / "job.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
-        deadline = time.monotonic() + JOB_TIMEOUT
+        deadline = time.monotonic() + timeout
         victim = None
         while victim is None and time.monotonic() < deadline and proc.poll() is None:
             for pid, records in read_progress(out_dir).items():
                 last = records[-1] if records else None
-                if (last and last["host"] == "127.0.0.1" and last["step"] >= KILL_AT_STEP
-                        and last["step"] % COMMIT_EVERY):
+                if last and last["host"] == "127.0.0.1" and ready(last):
                     victim = pid
             time.sleep(0.05)
-        assert victim is not None, "the worker on 127.0.0.1 never reached step %d:\n%s" % (
-            KILL_AT_STEP, (tmp_path / "job.log").read_text()[-3000:])
+        assert victim is not None, "the worker on 127.0.0.1 never got to the kill point:\n%s" % (
+            (tmp_path / "job.log").read_text()[-3000:])
         os.kill(victim, signal.SIGKILL)
         killed_at = time.time()
         hosts_file.write_text("localhost:2\n")  # the host is gone for good
@@ -199,7 +197,19 @@ def test_killed_worker_rolls_back_to_the_commit_and_training_finishes_on_two(tmp
     output = (tmp_path / "job.log").read_text()
     assert proc.returncode == 0, output[-5000:]
     assert_nothing_left(str(tmp_path))
+    return victim, killed_at, output
 
+
+# --- the tests -----------------------------------------------------------------------------------
+def test_killed_worker_rolls_back_to_the_commit_and_training_finishes_on_two(tmp_path):
+    import torch
+
+    out_dir = tmp_path / "out"
+    worker_cmd = [sys.executable, os.path.abspath(__file__), "worker", str(out_dir), "--epochs", str(EPOCHS),
+                  "--batch-size", str(BATCH), "--log-dir", str(out_dir / "logs")]
+    victim, killed_at, output = run_and_kill_one(
+        tmp_path, worker_cmd, environment(), JOB_TIMEOUT,
+        lambda last: last["step"] >= KILL_AT_STEP and last["step"] % COMMIT_EVERY)
     progress = read_progress(out_dir)
     survivors = [pid for pid in progress if pid != victim]
     assert len(survivors) == 2

@@ -11,14 +11,12 @@ This file is also the workers' program (``python test_elastic_keras.py worker OU
 import glob
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from test_elastic import assert_nothing_left, discovery, finish, read_progress
+from test_elastic import read_progress, run_and_kill_one
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPOCHS = 3
@@ -121,35 +119,10 @@ def environment():
 
 # --- the test --------------------------------------------------------------------------------------
 def test_killed_keras_worker_rolls_back_to_the_epoch_commit_and_training_finishes_on_two(tmp_path):
-    script, hosts_file = discovery(tmp_path, ["localhost:2", "127.0.0.1:1"])
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    cmd = ["horovodrun", "--gloo", "-np", "3", "--min-np", "2", "--max-np", "3", "--host-discovery-script",
-           str(script), sys.executable, os.path.abspath(__file__), "worker", str(out_dir)]
-    with open(tmp_path / "job.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=REPO,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + JOB_TIMEOUT
-        victim = None
-        while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            for pid, records in read_progress(out_dir).items():
-                last = records[-1] if records else None
-                if last and last["host"] == "127.0.0.1" and last["epoch"] == 1 and last["step"] >= KILL_AT_STEP:
-                    victim = pid
-            time.sleep(0.05)
-        assert victim is not None, "the worker on 127.0.0.1 never reached epoch 1:\n%s" % (
-            (tmp_path / "job.log").read_text()[-3000:])
-        os.kill(victim, signal.SIGKILL)
-        hosts_file.write_text("localhost:2\n")  # the host is gone for good
-        finish(proc, str(tmp_path), max(deadline - time.monotonic(), 1))
-    finally:
-        if proc.poll() is None:
-            finish(proc, str(tmp_path), 1)
-    output = (tmp_path / "job.log").read_text()
-    assert proc.returncode == 0, output[-5000:]
-    assert_nothing_left(str(tmp_path))
-
+    victim, _, _ = run_and_kill_one(tmp_path, [sys.executable, os.path.abspath(__file__), "worker", str(out_dir)],
+                                    environment(), JOB_TIMEOUT,
+                                    lambda last: last["epoch"] == 1 and last["step"] >= KILL_AT_STEP)
     progress = read_progress(out_dir)
     survivors = [pid for pid in progress if pid != victim]
     assert len(survivors) == 2

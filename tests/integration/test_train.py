@@ -45,27 +45,15 @@ def test_default_run_reaches_95_percent_on_digits(dense_run):
     assert records[-1]["bytes_per_step"] > 0
 
 
-# One end-to-end run per kind of exchange the main job can make: gathered with error feedback, two
-# rounds of low-rank factors, a sparsifier (Deep Gradient Compression's short dense warm-up: 100 steps,
-# about 4 of the 20 epochs), and local SGD. Every compressor's arithmetic is checked exactly against
-# the numpy oracle in tests/unit/exchange and tests/parallel/torch; benchmarks/accuracy.py trains with
-# each one's defaults.
-CONVERGENCE_CASES = [
-    ["--compression", "onebit"],
-    ["--compression", "powersgd:2"],
-    ["--compression", "topk:0.01,warmup=100"],
-    ["--average-every", "4"],
-]
-
-
-@pytest.mark.parametrize("flags", CONVERGENCE_CASES, ids=lambda f: "=".join(f).strip("-"))
-def test_compression_and_averaging_converge_like_dense(hvdkit_cli, tmp_path, dense_run, flags):
+# Local SGD end to end: the model averaged every 4 steps instead of the gradients every step. Each
+# compressor's end-to-end training with its defaults is tests/integration/test_fidelity.py (one job,
+# every spec scored against dense in that job); its arithmetic is checked exactly against the numpy
+# oracle in tests/unit/exchange and tests/parallel/torch.
+def test_local_sgd_converges_like_dense(hvdkit_cli, tmp_path, dense_run):
     _, dense = dense_run
-    _, records = train(hvdkit_cli, tmp_path, *flags)
+    _, records = train(hvdkit_cli, tmp_path, "--average-every", "4")
     assert final_accuracy(records) >= final_accuracy(dense) - 0.01, (
-        f"{flags}: {final_accuracy(records):.4f} vs dense {final_accuracy(dense):.4f}")
-    if flags[0] == "--compression" and not flags[1].startswith(("fp16", "bf16")):
-        assert records[-1]["compression_ratio"] > 2.5
+        f"local SGD: {final_accuracy(records):.4f} vs dense {final_accuracy(dense):.4f}")
 
 
 def test_resume_continues_after_the_last_checkpoint(hvdkit_cli, tmp_path):
