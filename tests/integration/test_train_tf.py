@@ -76,8 +76,9 @@ def test_resume_continues_exactly_after_the_last_checkpoint(hvdkit_cli, tmp_path
     reference, resumed = final_state(tmp_path / "straight-ckpt"), final_state(checkpoints)
     assert resumed.keys() == {"tfckpt", "rank-00000.tfckpt", "rank-00001.tfckpt"}
     assert resumed["tfckpt"]["position"] == {"epoch": 2, "step": 0, "global_step": 2 * steps}
-    assert all(bucket["residual"] is not None for rank in (0, 1)
-               for bucket in resumed[f"rank-0000{rank}.tfckpt"]["exchange"]["buckets"].values())
+    for rank in (0, 1):  # the compressed buckets' residuals (tensors under 1024 elements travel dense)
+        buckets = resumed[f"rank-0000{rank}.tfckpt"]["exchange"]["buckets"].values()
+        assert any(bucket["residual"] is not None for bucket in buckets)
     assert resumed == reference  # weights, momentum, step counters, every rank's residuals: bit for bit
 
 
