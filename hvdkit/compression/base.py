@@ -30,20 +30,13 @@ into ``candidate(state, like)`` (or a new tensor) and assigns it to
 ``backend.TensorOps``), so the same files serve torch and TensorFlow.
 """
 
+from hvdkit.compression.spec import auto_flag
+
 __all__ = ["Compressor", "TWO_PHASE_OPTION"]
 
-
-def _two_phase_choice(text):
-    """``auto`` (the exchange picks by the number of ranks and the payload size), ``1`` (always), ``0`` (never)."""
-    value = text.strip().lower()
-    if value not in ("auto", "0", "1"):
-        raise ValueError("expected auto, 0 or 1")
-    return value
-
-
-_two_phase_choice.describe = "auto, 0 or 1"
-# The option of the gathered compressors that can exchange in two phases (spec ``two_phase=auto|0|1``).
-TWO_PHASE_OPTION = (_two_phase_choice, "auto")
+# The option of the gathered compressors that can exchange in two phases (spec ``two_phase=auto|0|1``:
+# ``auto``, the exchange picks by the number of ranks and the payload size; ``1`` always; ``0`` never).
+TWO_PHASE_OPTION = (auto_flag, "auto")
 
 
 class Compressor:

@@ -39,18 +39,9 @@ __all__ = ["SPARSIFIER_OPTIONS", "density", "momentum_plan", "MomentumCorrection
 _RAMP_STAGES = 4  # DGC's warm-up: four stages, each keeping a quarter of the last one's fraction
 
 
-def _correction(text):
-    value = text.strip().lower()
-    if value not in ("auto", "0", "1"):
-        raise ValueError("expected auto, 0 or 1")
-    return value
-
-
-_correction.describe = "auto, 0 or 1"
-
 # The options DGC's recipe adds to top-k and random-k: name -> (parser, default).
 SPARSIFIER_OPTIONS = {
-    "mc": (_correction, "0"),
+    "mc": (spec.auto_flag, "0"),
     "mask": (spec.flag, True),
     "clip": (spec.non_negative_float, 0.0),
     "ramp": (spec.non_negative_int, 0),

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import types
 
-__all__ = ["Spec", "parse", "flag", "positive_int", "non_negative_int", "block_size", "ratio", "positive_float",
+__all__ = ["Spec", "parse", "flag", "auto_flag", "positive_int", "non_negative_int", "block_size", "ratio", "positive_float",
            "non_negative_float"]
 
 
@@ -32,6 +32,17 @@ def flag(text):
 
 
 flag.describe = "0 or 1"
+
+
+def auto_flag(text):
+    """``auto`` (hvdkit decides), ``0`` or ``1``, kept as that text."""
+    value = text.strip().lower()
+    if value not in ("auto", "0", "1"):
+        raise ValueError("expected auto, 0 or 1")
+    return value
+
+
+auto_flag.describe = "auto, 0 or 1"
 
 
 def _integer(text):
