@@ -3,7 +3,9 @@
 Sparsifying with plain error feedback under an SGD optimizer with momentum
 accumulates raw gradients and applies momentum to the sparse sum: what a
 coordinate carries for many steps arrives late and then takes the whole
-momentum, which is what makes ``randomk:0.01`` diverge. DGC's remedy, here:
+momentum. DGC's remedy, here (on hvdkit's tasks what made ``randomk:0.01``
+diverge was small tensors, which the sparsifiers now leave dense, and
+momentum correction helps only at 500x: ``benchmarks/README.md``, "Fidelity"):
 
 * **momentum correction** (``mc=auto|0|1``): the optimizer's momentum moves
   into the compressor. Each rank keeps its own velocity ``u = m*u + g`` (per
