@@ -18,7 +18,7 @@ import time
 
 import psutil
 
-__all__ = ["find", "end", "create_time"]
+__all__ = ["find", "end", "create_time", "kill_tree"]
 
 POLL_SECONDS = 0.05  # how often end() looks again while it waits
 
@@ -142,4 +142,27 @@ def end(name, value, known=None, grace=2.0):
             continue  # it exited (or its pid was reused) meanwhile
         killed[pid] = command
     _wait(name, value, known, grace)
+    return killed
+
+
+def kill_tree(pid):
+    """SIGKILL ``pid`` and everything it started, down the tree; returns the pids killed.
+
+    Each process is stopped (SIGSTOP) before its children are listed, so none
+    can start another one unseen, and killed only after: a killed parent's
+    children are re-parented and could no longer be found through it.
+    """
+    killed = []
+    todo = [_process(pid)]
+    while todo:
+        proc = todo.pop()
+        if proc is None or proc.pid in killed:
+            continue
+        try:
+            proc.suspend()
+            todo.extend(proc.children())
+            proc.kill()
+        except psutil.Error:
+            continue  # it exited meanwhile
+        killed.append(proc.pid)
     return killed

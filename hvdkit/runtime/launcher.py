@@ -16,7 +16,9 @@ import tempfile
 from hvdkit.runtime import env_check
 from hvdkit.runtime import horovod_env
 from hvdkit.runtime import job_processes
+from hvdkit.runtime import parent_watch
 from hvdkit.runtime import rank_status
+from hvdkit.runtime.cluster import tuning as cluster_tuning
 from hvdkit.errors import UsageError
 
 # Variables forwarded to every rank (mpirun only forwards what -x names to
@@ -155,6 +157,7 @@ def build_command(args, environ, status_dir=None):
         env["HVDKIT_RANKS_PER_NODE"] = str(args.ranks_per_node)
     local_cores = os.cpu_count() or 1
     env.update(rank_environment(args.np, local_cores, environ))
+    env.update(cluster_tuning.launch_environment([name for name, _ in hosts], environ))
     launcher = args.launcher or default_launcher()
     if launcher == "mpi":
         if not find_tool("mpirun"):
@@ -170,9 +173,15 @@ def run(cmd, env):
     """Run the launcher in its own process group and pass on its exit code.
 
     The group lets Ctrl-C or a kill of ``hvdkit run`` take every rank with it
-    instead of leaving orphans.
+    instead of leaving orphans. Should this process die without a word (``kill
+    -9``), the launcher gets SIGTERM from the kernel and ends its job, and
+    every rank's wrapper sees this process gone (``hvdkit.runtime.parent_watch``,
+    told its identity by ``HVDKIT_LAUNCHER_PID``).
     """
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    me = os.getpid()
+    env = dict(env, **{parent_watch.LAUNCHER_VARIABLE: parent_watch.identity(me)})
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            preexec_fn=lambda: parent_watch.die_with_parent(me, signal.SIGTERM))
 
     def forward(signum, _frame):
         try:

@@ -8,8 +8,9 @@ rank through this wrapper, which
 * records the rank's process ids at start and its exit code and time at the
   end, so the launcher can name the rank that failed first and check that no
   process of the job is left;
-* kills the rank if the wrapper dies (even by SIGKILL), so no rank outlives
-  its launcher;
+* kills the rank if the wrapper dies (even by SIGKILL), and kills the rank
+  and all it started when the launcher dies (:mod:`hvdkit.runtime.parent_watch`),
+  so no rank outlives its launcher;
 * notices when the rank is stopped (SIGSTOP, SIGTSTP): a stopped rank blocks
   every peer in its next collective, and under MPI Horovod's own stall check
   cannot see it (the coordinator is itself blocked in MPI), so after
@@ -25,10 +26,10 @@ rank through this wrapper, which
 The other records (``record_exception``) come from :mod:`hvdkit.runtime.abort` in
 the rank; :func:`culprit` reads them all back for the launcher.
 """
-import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 
+from hvdkit.runtime import parent_watch
 from hvdkit.runtime import tf_log
 
 STATUS_DIR_VARIABLE = "HVDKIT_STATUS_DIR"  # set for the rank (hvdkit.runtime.abort writes its note there)
@@ -88,6 +90,16 @@ def record_exception(status_dir, rank, type_name, message):
            {"rank": int(rank), "type": type_name, "message": message[:500], "time": time.time()})
 
 
+def note_role(role, environ=os.environ):
+    """In a rank: what it is in the job (e.g. its pipeline stage), for the launcher's failure report."""
+    status_dir = environ.get(STATUS_DIR_VARIABLE)
+    if status_dir:
+        try:
+            _write(status_dir, f"rank{launcher_rank()}.role.json", {"rank": int(launcher_rank()), "role": role})
+        except OSError:
+            pass  # the report then names the rank only
+
+
 def _stopped_path(status_dir, rank):
     return os.path.join(status_dir, f"rank{rank}.stopped.json")
 
@@ -114,8 +126,8 @@ def describe(returncode):
 
 
 def read_records(status_dir):
-    """Every record in ``status_dir``, grouped: exits, pids, exceptions, stopped, stalls."""
-    groups = {"exits": [], "pids": [], "exceptions": [], "stopped": [], "stalls": []}
+    """Every record in ``status_dir``, grouped: exits, pids, exceptions, stopped, stalls, roles."""
+    groups = {"exits": [], "pids": [], "exceptions": [], "stopped": [], "stalls": [], "roles": []}
     for name in sorted(os.listdir(status_dir)):
         if not name.endswith(".json"):
             continue
@@ -127,6 +139,8 @@ def read_records(status_dir):
             kind = "exceptions"
         elif name.endswith(".stopped.json"):
             kind = "stopped"
+        elif name.endswith(".role.json"):
+            kind = "roles"
         elif name.startswith("rank"):
             kind = "exits"
         else:
@@ -171,13 +185,46 @@ def _stop_message(rank, stop):
 
 
 def culprit(status_dir):
-    """``(rank, message)`` naming the rank that ended the job, or None when no rank failed.
+    """``(rank, message)`` naming the rank that ended the job (and its role, where it noted one), or None
+    when no rank failed.
 
     A stalled rank comes first (its peers fail after it, and are not the
     cause); then the rank whose failure (exit, signal, uncaught exception)
     came first in time.
     """
     groups = read_records(status_dir)
+    found = _culprit(groups)
+    roles = {r["rank"]: r["role"] for r in groups["roles"]}
+    if found is None or found[0] not in roles:
+        return found
+    rank, message = found
+    return rank, message.replace(f"rank {rank} ", f"rank {rank} ({roles[rank]}) ", 1)
+
+
+TERMINATED = (-signal.SIGTERM, 128 + signal.SIGTERM)  # how the launcher ends the ranks left after a failure
+
+
+def _vanished(groups):
+    """``(rank, message)`` for the ranks that started but recorded no exit, grouped by host.
+
+    A wrapper records its rank's exit however the rank ends, so a silent rank
+    means the wrapper itself was killed, or its whole host (or the link to it)
+    was lost. When the other ranks only ended by the launcher's terminate
+    signal, these are the cause.
+    """
+    exited = {r["rank"] for r in groups["exits"]}
+    silent = sorted((p["rank"], p.get("host", "?")) for p in groups["pids"] if p["rank"] not in exited)
+    if not silent:
+        return None
+    hosts = {}
+    for rank, host in silent:
+        hosts.setdefault(host, []).append(rank)
+    where = "; ".join(f"{_rank_list(ranks)} on {host}" for host, ranks in hosts.items())
+    return silent[0][0], (f"{where} ended without a word (no exit recorded: the rank and its wrapper were "
+                          "killed, or the node or its link was lost)")
+
+
+def _culprit(groups):
     if groups["stalls"]:
         stall = min(groups["stalls"], key=lambda s: s["time"])
         return min(int(r) for r in stall["stalled"]), _stall_message(stall)
@@ -188,6 +235,9 @@ def culprit(status_dir):
         return rank, _stop_message(rank, stop)
     events = [(r["time"], r["rank"], "exit", r) for r in groups["exits"] if r["returncode"] != 0]
     events += [(e["time"], e["rank"], "exception", e) for e in groups["exceptions"]]
+    vanished = _vanished(groups)
+    if vanished and all(kind == "exit" and event["returncode"] in TERMINATED for _, _, kind, event in events):
+        return vanished
     if not events:
         return None
     _, rank, kind, event = min(events, key=lambda item: item[0])
@@ -263,17 +313,6 @@ def _copy_stderr(source_fd, on_line, startup_filter=None):
     os.close(source_fd)
 
 
-def die_with_parent(parent_pid):
-    """In the child: be killed if this wrapper dies (even by SIGKILL), so a
-    launcher that kills the wrapper leaves no orphaned rank behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        return
-    if os.getppid() != parent_pid:  # the wrapper died before the prctl took effect
-        os._exit(1)
-
-
 def stall_shutdown_seconds(environ):
     """The stop limit: HOROVOD_STALL_SHUTDOWN_TIME_SECONDS as the rank will see it (0: never)."""
     from hvdkit.runtime import horovod_env
@@ -289,7 +328,7 @@ def stall_shutdown_seconds(environ):
 class RankWatch:
     """The child process and what the wrapper saw of it."""
 
-    def __init__(self, command, status_dir, rank, stop_limit):
+    def __init__(self, command, status_dir, rank, stop_limit, chain=()):
         self.status_dir = status_dir  # None where the directory does not exist (a remote host)
         self.rank = rank
         self.stop_limit = stop_limit
@@ -298,11 +337,16 @@ class RankWatch:
         self.stop_timer = None
         self.exited = False
         env = dict(os.environ)
+        self.orphaned = None  # why the launcher counts as gone, once the parent watch said so
         if status_dir:
             env[STATUS_DIR_VARIABLE] = status_dir
         parent = os.getpid()
+        # The rank's own view of the chain, and the mark of everything it starts (see end_descendants).
+        self.chain_value = parent_watch.format_chain([(parent, parent_watch.start_ticks(parent))] + list(chain))
+        env[parent_watch.CHAIN_VARIABLE] = self.chain_value
+        self.parent_watch = parent_watch.Watch(chain, self.orphan)
         self.proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE,
-                                     preexec_fn=lambda: die_with_parent(parent))
+                                     preexec_fn=lambda: parent_watch.die_with_parent(parent))
         self.scanner = StallLogScanner()
         startup_filter = tf_log.StartupLogFilter() if tf_log.hides_info(env) else None
         self.copier = threading.Thread(target=_copy_stderr, daemon=True,
@@ -320,12 +364,37 @@ class RankWatch:
     def forward(self, signum, _frame):
         if self.exited:
             return
+        gone = self.parent_watch.check()
+        if gone:  # a launcher ending its job because hvdkit run died (SIGTERM): no grace for the rank
+            self.orphan(gone)
+            return
         os.kill(self.proc.pid, signum)
         if self.stopped:
             self.ending_stop = self.stopped
             os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
 
+    def orphan(self, reason):
+        """The launcher is gone (``parent_watch.Watch``): end the rank and all it started, now, so that it
+        neither trains on nor writes another checkpoint."""
+        if self.orphaned or self.exited:
+            return
+        self.orphaned = reason
+        _say(f"hvdkit: rank {self.rank} (pid {self.proc.pid}): {reason}; the launcher is gone, so hvdkit "
+             "kills the rank and everything it started")
+        from hvdkit.runtime import job_processes
+
+        job_processes.kill_tree(self.proc.pid)
+
+    def end_descendants(self):
+        """SIGKILL what the rank started and left behind (re-parented, so no longer in its tree), found
+        by the chain in their environment, which only this rank's descendants carry."""
+        from hvdkit.runtime import job_processes
+
+        job_processes.end(parent_watch.CHAIN_VARIABLE, self.chain_value, grace=0)
+
     def on_stop(self, signum):
+        if self.orphaned:
+            return  # stopped on its way to SIGKILL by orphan()
         name = signal.Signals(signum).name
         self.stopped = {"signal": name, "since": time.time(), "killed_after": None}
         limit = (f"hvdkit kills it (ending the job) if it is not resumed within {self.stop_limit} s "
@@ -384,25 +453,39 @@ def _say(message):
         pass
 
 
+def _launcher_dead(launcher, chain):
+    """True when ``launcher`` ("pid:start" of hvdkit run) was in this wrapper's chain and is gone."""
+    return bool(launcher) and launcher in parent_watch.format_chain(chain).split(",") \
+        and parent_watch.alive(parent_watch.parse_chain(launcher)) is not None
+
+
 def main(argv):
     if len(argv) < 3 or argv[1] != "--":
         sys.exit("usage: python -m hvdkit.runtime.rank_status STATUS_DIR -- command ...")
     status_dir = argv[0] if os.path.isdir(argv[0]) else None
     rank = launcher_rank()
-    watch = RankWatch(argv[2:], status_dir, rank, stall_shutdown_seconds(os.environ))
+    launcher = os.environ.get(parent_watch.LAUNCHER_VARIABLE)
+    chain = parent_watch.ancestors(STATUS_DIR_VARIABLE, os.environ.get(STATUS_DIR_VARIABLE), launcher)
+    watch = RankWatch(argv[2:], status_dir, rank, stall_shutdown_seconds(os.environ), chain)
+    watch.parent_watch.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, watch.forward)
     returncode = watch.wait()
+    if watch.orphaned or watch.parent_watch.check():  # nobody will end what the rank left behind
+        watch.end_descendants()
     watch.copier.join(STDERR_JOIN_SECONDS)
-    if status_dir:
+    if _launcher_dead(launcher, chain):
+        if status_dir:  # nobody will read or remove it now
+            shutil.rmtree(status_dir, ignore_errors=True)
+    elif status_dir:
         # An exit unseen by WCONTINUED may still follow a resume; only SIGKILL ends a process
         # that is still stopped.
         still_stopped = watch.stopped if returncode == -signal.SIGKILL else None
-        record(status_dir, rank, returncode, watch.ending_stop or still_stopped)
         try:
+            record(status_dir, rank, returncode, watch.ending_stop or still_stopped)
             os.remove(_stopped_path(status_dir, rank))
         except FileNotFoundError:
-            pass
+            pass  # no stop to forget; or the launcher died just now and a peer's wrapper removed the directory
     return 128 - returncode if returncode < 0 else returncode
 
 

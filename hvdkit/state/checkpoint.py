@@ -13,7 +13,8 @@ checksum it uses. A writer killed mid-save leaves temporaries (``.tmp-*``) and f
 ``latest``: ``clean_stale`` removes both, at start (``load_sharded`` runs it on rank 0). A directory
 that cannot be written (read-only, full, not a directory) raises ``CheckpointError`` naming it, and
 ``save_sharded``/``load_sharded`` raise on every rank when any rank fails, so no rank is left
-waiting in a collective.
+waiting in a collective. A rank whose launcher is gone (``hvdkit.runtime.parent_watch``) writes
+nothing: it raises ``CheckpointError`` instead, before and after writing its temporary.
 
 All ranks of a sharded checkpoint must see the same directory (one host, or a shared file system).
 
@@ -31,6 +32,8 @@ import contextlib
 import hashlib
 import os
 import re
+
+from hvdkit.runtime import parent_watch
 
 __all__ = ["CheckpointError", "Codec", "LATEST", "clean_stale", "file_name", "load_latest", "load_sharded",
            "read_pointer", "save", "save_sharded"]
@@ -106,15 +109,31 @@ def _make_directory(directory):
         raise CheckpointError(f"cannot create checkpoint directory {os.fspath(directory)!r}: {_reason(err)}") from err
 
 
+def _check_launcher(directory, name):
+    """Refuse to write once this rank's launcher is gone (``hvdkit.runtime.parent_watch``): an orphaned
+    rank's checkpoint would be what a restarted job resumes from."""
+    gone = parent_watch.launcher_gone()
+    if gone is not None:
+        raise CheckpointError(f"not writing checkpoint file {name!r} in directory {directory!r}: {gone}, "
+                              f"so this rank's launcher is gone and the job is ending")
+
+
 def _atomic_write(directory, name, data):
     """Write ``data`` as ``directory/name`` so that the name only ever holds a complete file."""
     directory = os.fspath(directory)
+    _check_launcher(directory, name)
     temp = os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{name}")
     try:
         with open(temp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        try:
+            _check_launcher(directory, name)
+        except CheckpointError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
         os.replace(temp, os.path.join(directory, name))
         _fsync_directory(directory)
     except OSError as err:

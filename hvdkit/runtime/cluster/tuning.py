@@ -1,0 +1,47 @@
+"""Open MPI's settings for the cluster's shaped TCP links, and why each is there.
+
+Measured on 2 nodes at 1 Gbit/s (``python -m hvdkit.runtime.cluster.busbw``,
+64 MiB allreduce, bus bandwidth): untuned Open MPI 4.1 reached 0.49 of the
+link rate, with one TCP connection per pair of ranks; two connections per
+pair (``btl_tcp_links=2``) reached 0.94. Larger socket buffers, larger TCP
+fragments and the ring algorithm changed nothing. A plain TCP stream reached
+0.96 both ways at once, so the shaping itself was not the limit. Gloo needs
+no setting beyond the interface, which horovodrun finds by itself (the nodes'
+link shares the bridge's name, :mod:`hvdkit.runtime.cluster.layout`).
+
+Both interface settings keep Open MPI on the cluster's subnet: the launching
+host also has Docker's and the machine's own interfaces, which the nodes
+cannot reach, and trying them first stalls the daemons' wire-up.
+"""
+from hvdkit.runtime.cluster.layout import SUBNET
+
+MPI_SETTINGS = {
+    "btl_tcp_if_include": SUBNET,
+    "oob_tcp_if_include": SUBNET,
+    "btl_tcp_links": "2",
+}
+
+
+def mpi_environment():
+    """``OMPI_MCA_*`` variables for every ``mpirun`` that reaches the nodes."""
+    return {f"OMPI_MCA_{name}": value for name, value in MPI_SETTINGS.items()}
+
+
+def env_file_text(directory):
+    """The lines of ``DIR/env``: ``source`` it before a plain ``mpirun --hostfile DIR/hostfile``."""
+    lines = [f"export {name}={value}" for name, value in mpi_environment().items()]
+    lines.append(f"export HVDKIT_CLUSTER_DIR={directory}")
+    return "\n".join(lines) + "\n"
+
+
+def launch_environment(host_names, environ):
+    """Open MPI's settings for a job whose hosts are all nodes of the cluster that is up
+    (``HVDKIT_CLUSTER_DIR``, default ``/tmp/hvdkit-cluster``); empty for any other job.
+    A value the user set already wins."""
+    from hvdkit.runtime import cluster
+    from hvdkit.runtime.cluster.layout import DEFAULT_DIR
+
+    record = cluster.load(environ.get("HVDKIT_CLUSTER_DIR", DEFAULT_DIR))
+    if record is None or not set(host_names) <= set(record["layout"].hostnames):
+        return {}
+    return {name: value for name, value in mpi_environment().items() if name not in environ}
