@@ -22,4 +22,7 @@ def create(spec, ops):
     """A compressor for ``spec`` (a spec string or a parsed Spec) working through ``ops``."""
     if not isinstance(spec, _spec.Spec):
         spec = _spec.parse(spec, ALGORITHMS)
+    if spec.name == _spec.AUTO.name:
+        raise ValueError("compression 'auto' is a choice among compressors, made by the exchange per bucket "
+                         "(hvdkit.exchange.auto); it has no compressor of its own")
     return ALGORITHMS[spec.name](spec, ops)

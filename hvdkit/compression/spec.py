@@ -1,7 +1,8 @@
 """Compression spec strings: ``NAME[:ARG][,KEY=VALUE]...``.
 
 ``none``, ``fp16``, ``bf16``, ``int8[:BLOCK]``, ``topk:RATIO``,
-``randomk:RATIO``, ``onebit``, ``powersgd:RANK``. Options after commas, e.g.
+``randomk:RATIO``, ``onebit``, ``powersgd:RANK``, and ``auto`` (the exchange
+chooses per bucket among candidates: :data:`AUTO`). Options after commas, e.g.
 ``topk:0.01,ef=1,warmup=100,min_numel=1024``:
 
 * every algorithm: ``warmup=STEPS`` (exchange dense gradients for the first
@@ -18,7 +19,7 @@ import dataclasses
 import math
 import types
 
-__all__ = ["Spec", "parse", "flag", "auto_flag", "positive_int", "non_negative_int", "block_size", "ratio", "positive_float",
+__all__ = ["AUTO", "Spec", "parse", "flag", "auto_flag", "positive_int", "non_negative_int", "block_size", "ratio", "positive_float",
            "non_negative_float"]
 
 
@@ -168,7 +169,7 @@ def usage(algorithms):
         arg = cls.argument
         forms.append(name if arg is None else f"{name}[:{arg.label}]" if arg.default is not None
                      else f"{name}:{arg.label}")
-    return ", ".join(forms)
+    return ", ".join(forms + [AUTO.name])
 
 
 def _fail(text, problem, algorithms, cls=None):
@@ -186,7 +187,7 @@ def parse(text, algorithms=None):
                          f"valid specs: {usage(algorithms)}")
     head, *option_texts = [part.strip() for part in text.strip().split(",")]
     name, sep, arg_text = (part.strip() for part in head.partition(":"))
-    cls = algorithms.get(name.lower())
+    cls = algorithms.get(name.lower()) or (AUTO if name.lower() == AUTO.name else None)
     if cls is None:
         _fail(text, f"unknown algorithm {name!r}", algorithms)
     arg = _parse_argument(text, cls, arg_text if sep else None, algorithms)
@@ -224,3 +225,68 @@ def _parse_argument(text, cls, arg_text, algorithms):
         return arg.parse(arg_text)
     except ValueError:
         _fail(text, f"{arg.label} must be {arg.parse.describe}, got {arg_text!r}", algorithms, cls)
+
+
+# --- "auto": the exchange chooses ---------------------------------------------------------------------
+ROUTE_CHOICES = ("flat", "two_phase", "hierarchical")
+
+
+def candidate_list(text):
+    """``A+B+...``: compression specs without options (``none``, ``fp16``, ``topk:0.01``, ...), kept as their
+    canonical ``+``-joined text with ``none`` first: dense is always a candidate."""
+    heads = ["none"]
+    for part in (p.strip() for p in text.split("+")):
+        if not part:
+            continue
+        try:
+            parsed = parse(part)
+        except ValueError as err:
+            raise ValueError(str(err).split("; valid specs")[0]) from None
+        if parsed.name == AUTO.name:
+            raise ValueError("auto cannot be its own candidate")
+        from hvdkit.compression.registry import ALGORITHMS
+
+        default = ALGORITHMS[parsed.name].argument
+        head = parsed.name if default is None or parsed.arg == default.default else parsed.head
+        if head not in heads:
+            heads.append(head)
+    return "+".join(heads)
+
+
+candidate_list.describe = "compression specs without options joined by '+', e.g. none+fp16+topk:0.01"
+
+
+def pinned_choice(text):
+    """``SPEC[@ROUTE]`` (a candidate and, optionally, one of ROUTE_CHOICES), or empty: nothing pinned."""
+    text = text.strip()
+    if not text:
+        return ""
+    head, _, route = text.partition("@")
+    if route and route not in ROUTE_CHOICES:
+        raise ValueError(f"route {route!r} is not one of {', '.join(ROUTE_CHOICES)}")
+    head = candidate_list(head).split("+")[-1]
+    return f"{head}@{route}" if route else head
+
+
+pinned_choice.describe = f"SPEC[@ROUTE] with ROUTE one of {', '.join(ROUTE_CHOICES)}, e.g. topk:0.01@hierarchical"
+
+
+class AUTO:
+    """The ``auto`` spec: not an algorithm but the choice of one per bucket, made by the exchange
+    (``hvdkit.exchange.auto``) from a probe of the links and the cost model. Options:
+
+    * ``candidates``: the compressors considered besides dense (default: those that keep accuracy
+      within about a point of dense with their defaults, benchmarks/README.md "Fidelity");
+    * ``pin=SPEC[@ROUTE]``: use this one (and this route) for every compressible bucket;
+    * ``tie``: dense wins unless a compressed choice is predicted faster by more than this fraction;
+    * ``revisit``: steps measured after a choice (0: never revisit); ``slack``: how much slower than
+      predicted a step may be before the next best choice is tried;
+    * ``gbit`` (> 0) and ``latency_us``: the link between nodes, instead of probing it.
+    """
+
+    name = "auto"
+    argument = None
+    options = {"candidates": (candidate_list, "none+fp16+int8+topk:0.01+powersgd:4"), "pin": (pinned_choice, ""),
+               "tie": (non_negative_float, 0.1), "revisit": (non_negative_int, 3), "slack": (non_negative_float, 0.25),
+               "gbit": (non_negative_float, 0.0), "latency_us": (non_negative_float, 50.0)}
+    common_defaults = SMALL_TENSORS_DENSE  # as the sparsifiers among the candidates want

@@ -19,8 +19,8 @@ compressor (:func:`prefer_two_phase`), and what the scale benchmark builds on.
 """
 import dataclasses
 
-__all__ = ["DEFAULT_NETWORK", "Network", "bytes_factor", "collective_seconds", "messages", "payload_bytes",
-           "prefer_two_phase"]
+__all__ = ["DEFAULT_NETWORK", "Network", "bytes_factor", "collective_seconds", "cross_node_fraction", "messages",
+           "payload_bytes", "prefer_two_phase"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,18 @@ def messages(kind, peers):
 def bytes_factor(kind, peers):
     """Bytes one rank sends per byte of its input (the table above)."""
     return _BYTES[kind](peers) if peers > 1 else 0.0
+
+
+def cross_node_fraction(kind, peers, per_node):
+    """The part of a rank's sent bytes that leaves its node, in a collective over ``peers`` ranks placed
+    ``per_node`` to a node (consecutive, as Horovod's rings order them; None: all on one node). A ring
+    crosses at one link of every ``per_node`` (its per-link volume passes every node's interface); an
+    alltoall sends (p - per_node)/(p - 1) of its bytes off the node."""
+    if per_node is None or per_node >= peers or peers <= 1:
+        return 0.0
+    if kind == "alltoall":
+        return (peers - per_node) / (peers - 1)
+    return 1.0 / per_node
 
 
 def collective_seconds(kind, nbytes, peers, network=DEFAULT_NETWORK):

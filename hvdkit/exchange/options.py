@@ -50,13 +50,14 @@ def hierarchical_links(hvd, topology, hierarchical):
     nodes of several ranks (emulated nodes included), ``"auto"`` only for real ones, ``False`` never."""
     if hierarchical not in HIERARCHICAL_MODES:
         raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
-    world = Link(hvd.global_process_set, topology.size, topology.rank)
+    per_node = topology.size // topology.num_nodes if topology.num_nodes > 1 else None  # for the step stats
+    world = Link(hvd.global_process_set, topology.size, topology.rank, per_node)
     use = topology.hierarchical and (hierarchical is True or (hierarchical == "auto" and not topology.emulated))
     if not use:
         return Links(world)
     intra = Link(topology.intra_node_set, topology.local_size, topology.local_rank)
     cross_ranks = sorted(node[topology.local_rank] for node in topology.nodes)  # Horovod's order: by rank
-    cross = Link(topology.cross_node_set, topology.num_nodes, cross_ranks.index(topology.rank))
+    cross = Link(topology.cross_node_set, topology.num_nodes, cross_ranks.index(topology.rank), 1)
     return Links(world, intra, cross)
 
 
@@ -72,8 +73,8 @@ def process_set_links(hvd, process_set, hierarchical, init_name):
     if not hvd.is_initialized():
         raise RuntimeError(f"hvdkit: Horovod is not initialised; call {init_name} first")
     ranks = process_set.ranks
-    if ranks is not None and hvd.rank() not in ranks:  # as Horovod's: this rank's gradients stay its own
-        return Links(Link(process_set, 1, 0))
+    if ranks is not None and (hvd.rank() not in ranks or list(ranks) == [hvd.rank()]):
+        return Links(Link(process_set, 1, 0))  # outside the set (as Horovod's) or alone in it: nothing to send
     if ranks is None or process_set.process_set_id is None:
         raise ValueError(f"process_set {ranks} is not registered: pass it to hvdkit.torch.init(process_sets=...) "
                          f"or add it with hvd.add_process_set")

@@ -38,10 +38,12 @@ import time
 import warnings
 
 from hvdkit.compression import registry
+from hvdkit.compression import spec as _spec
 from hvdkit.compression.dgc import MomentumCorrection, momentum_plan
 from hvdkit.compression.seeds import mix
 from hvdkit.compression.state import BucketState
 from hvdkit.exchange import consistency, strategies
+from hvdkit.exchange.auto import AutoChoice
 from hvdkit.exchange.buckets import plan_buckets
 from hvdkit.exchange.cost import prefer_two_phase
 from hvdkit.exchange.engine import Flight, as_completed
@@ -62,7 +64,7 @@ class Reducer:
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
                  "prescale", "postscale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
                  "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded", "groups",
-                 "momentum")
+                 "momentum", "auto")
 
     def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt",
                  plan_from_first_step=False, predivide=1.0, groups=None):
@@ -71,9 +73,13 @@ class Reducer:
         self.ops = ops  # the framework's TensorOps
         self.transport = transport  # runs collectives: engine.HorovodTransport, or the simulator's
         self.links = links  # process sets: world, and intra/cross in hierarchical mode
-        self.compressor = registry.create(spec, ops)  # the algorithm for compressible buckets
+        parsed = spec if isinstance(spec, _spec.Spec) else _spec.parse(spec)
         self.dense = registry.create("none", ops)  # warm-up and buckets of uncompressed tensors
-        self.spec = self.compressor.spec  # the parsed compression Spec
+        # compression="auto": the compressor and route of each bucket are chosen (hvdkit.exchange.auto)
+        self.auto = AutoChoice(parsed, ops, links, transport, name) if parsed.name == _spec.AUTO.name else None
+        # the algorithm for compressible buckets (auto: chosen per bucket, through self.auto)
+        self.compressor = self.dense if self.auto is not None else registry.create(parsed, ops)
+        self.spec = parsed  # the parsed compression Spec
         self.nonfinite = nonfinite  # policy for non-finite results (see module docstring)
         self.name = name  # prefix of this optimizer's Horovod op names
         # Averages divide before summing (fp16 sums cannot overflow), all of it unless Horovod's
@@ -181,6 +187,8 @@ class Reducer:
         self.loss_scale = scale
 
     def _compressible(self, info):
+        if self.auto is not None:  # which compressor may take it is decided per bucket (auto.accepts)
+            return info.dtype == "float32" and info.numel >= self.spec.options["min_numel"]
         return (self.compressor.name != "none" and info.dtype == "float32"
                 and info.numel >= self.spec.options["min_numel"] and self.compressor.accepts(info.shape))
 
@@ -203,10 +211,14 @@ class Reducer:
             consistency.require_same(description, self.transport.allgather_object, self.settings(), where=where)
             self._checked = True
 
-    def _route(self, bucket, compressor):
+    def _route(self, bucket, compressor, mode=None):
         """(route, strategy keyword arguments): "flat" or "two_phase" over the world, or, between nodes,
-        "sharded" (with a flat or two-phase cross-node hop) or "replicated" (see hvdkit.exchange.strategies)."""
+        "sharded" (with a flat or two-phase cross-node hop) or "replicated" (see hvdkit.exchange.strategies).
+        ``mode`` (compression="auto"): "flat" (a gathered payload then takes an allgather), "two_phase" or
+        "hierarchical"; None: hierarchical where there are node sets, two-phase as the cost model prefers."""
         links = self.links
+        if mode in ("flat", "two_phase"):
+            return mode, {}
         if links.intra is None or bucket.numel < links.intra.size:
             if prefer_two_phase(compressor, bucket.numel, links.world.size):
                 return "two_phase", {}
@@ -221,9 +233,11 @@ class Reducer:
         two = prefer_two_phase(compressor, share, links.cross.size)
         return "sharded", {"cross": strategies.two_phase if two else strategies.flat}
 
-    def _state(self, bucket, route):
-        """The BucketState of this bucket on this route, created on first use."""
-        state = self.states.get((bucket.index, route))
+    def _state(self, bucket, route, head=None):
+        """The BucketState of this bucket on this route (and, under compression="auto", with the compressor
+        ``head``), created on first use."""
+        key = route if head is None else f"{route}@{head}"
+        state = self.states.get((bucket.index, key))
         if state is None:
             links = self.links
             if route in ("flat", "two_phase"):
@@ -239,7 +253,7 @@ class Reducer:
                 numel, layout, shard = bucket.numel, bucket.layout, 0
                 peers, peer = links.cross.size, links.cross.position
             state = BucketState(numel, layout, peers, peer, seed=mix(bucket.index, shard))
-            self.states[bucket.index, route] = state
+            self.states[bucket.index, key] = state
         return state
 
     def _my_matrices(self, bucket):
@@ -259,11 +273,10 @@ class Reducer:
         changes = consistency.tensor_changes(bucket.slots, bucket.dtype, tensors)
         if changes and self.links.world.size == 1:
             consistency.require_unchanged(changes, lambda mine: [mine], where=_WHERE)
-        self.meter.bucket(bucket.nbytes)
+        self.meter.bucket(bucket.nbytes, self.links.world)
         if self.links.world.size == 1 and self.momentum is None:  # a lone rank's average: its own gradient
             self.flights[bucket_index] = _Unexchanged(tensors)
             return
-        compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
         if changes:  # send a poisoned bucket of the planned size: no rank waits on a mismatch; finish() names it
             self.changed += changes
             flat, bad = self._filler(bucket, tensors[0]), True
@@ -271,19 +284,24 @@ class Reducer:
             flat, bad = self.meter.timed("pack_s", self.ops.pack, tensors, self.prescale,
                                          self.buffers.get(bucket_index))
             self.buffers[bucket_index] = flat
-        compressor = self.compressor if compressed else self.dense
-        route, options = self._route(bucket, compressor)
+        if self.auto is not None:
+            compressor, mode = self.auto.select(self, bucket, flat)
+        else:
+            compressed = bucket.compressed and self.steps >= self.spec.options["warmup"]
+            compressor, mode = (self.compressor if compressed else self.dense), None
+        route, options = self._route(bucket, compressor, mode)
         if route in ("flat", "sharded") and compressor.summable:
             options["inplace"] = True  # the packed buffer and compressed payloads belong to the exchange
         link = self.links.world if route in ("flat", "two_phase") else self.links
         # This rank's flag settles a flat exchange; a hierarchical one checks the node sum, which
         # carries every local rank's NaN.
         bad = bad if route in ("flat", "two_phase") else None
-        state = self._state(bucket, route)
+        state = self._state(bucket, route, None if self.auto is None else compressor.spec.head)
         self.attempted.append(state)
         exchange = STRATEGIES[route](compressor, flat, state, link, f"hvdkit.{self.name}.b{bucket.index}",
                                      self.meter, bad, **options)
-        self.meter.route(_route_name(route, options, compressor))
+        self.meter.route(_route_name(route, options, compressor)
+                         + ("" if self.auto is None else f" [{compressor.spec.head}]"))
         self.flights[bucket_index] = Flight(self.transport, exchange)
 
     def launched(self, bucket_index):
@@ -328,6 +346,8 @@ class Reducer:
         self.last_stats = self.meter.finish(self.steps, skipped=bool(bad) and self.nonfinite == "skip")
         self.flights, self.meter = {}, StatsMeter()
         self.steps += 1
+        if self.auto is not None and exchanged:
+            self.auto.step_done(self, self.last_stats.wait_ms / 1e3)
         if bad:
             self._nonfinite(bad)
         return results, not bad
@@ -381,7 +401,8 @@ class Reducer:
     def state_dict(self):
         return {"steps": self.steps, "compression": str(self.spec), "order": self.order,
                 "excluded": sorted(self.excluded), "loss_scale": self.loss_scale,
-                "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()}}
+                "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()},
+                **({"auto": self.auto.state_dict()} if self.auto is not None else {})}
 
     def load_state_dict(self, saved):
         if saved["compression"] != str(self.spec):
@@ -397,11 +418,14 @@ class Reducer:
         if order is not None or self.steps > 0:
             self.planning = False
         for key, value in saved["buckets"].items():
-            index, route = key.split(":")
+            index, route = key.split(":", 1)
+            route, _, head = route.partition("@")  # compression="auto" keys its states by compressor too
             if int(index) >= len(self.buckets) or route not in STRATEGIES:
                 raise ValueError(f"checkpoint has compression state for bucket {key!r}; this optimizer has "
                                  f"{len(self.buckets)} buckets: the model or fusion_mb changed")
-            self._state(self.buckets[int(index)], route).load_dict(value)
+            self._state(self.buckets[int(index)], route, head or None).load_dict(value)
+        if self.auto is not None:
+            self.auto.load_state_dict(saved.get("auto"), len(self.buckets))
 
 
 def _route_name(route, options, compressor):
@@ -430,6 +454,12 @@ class ReducerView:
     def last_step_stats(self):
         """``hvdkit.exchange.stats.StepStats`` of the last exchange (None before the first)."""
         return self._reducer.last_stats
+
+    @property
+    def auto_compression(self):
+        """Under ``compression="auto"``, its ``hvdkit.exchange.auto.AutoChoice`` (``plan``, ``events``,
+        ``reprobe()``); None otherwise."""
+        return self._reducer.auto
 
 
 class _Unexchanged:

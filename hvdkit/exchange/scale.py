@@ -155,13 +155,8 @@ def _hop(request, scopes, ranks_per_node, factor):
     scope, peers = scopes[id(request.link)], request.link.size
     nbytes = strategies.nbytes(request.tensor) * factor
     sent = nbytes * cost.bytes_factor(request.kind, peers)
-    if scope == "cross":
-        cross = sent
-    elif scope == "world" and peers > ranks_per_node:
-        local = ranks_per_node
-        cross = sent * (peers - local) / (peers - 1) if request.kind == "alltoall" else sent / local
-    else:
-        cross = 0.0
+    per_node = {"cross": 1, "world": ranks_per_node}.get(scope)
+    cross = sent * cost.cross_node_fraction(request.kind, peers, per_node)
     return Hop(request.kind, scope, peers, sent, sent, cross)
 
 

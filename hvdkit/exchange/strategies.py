@@ -58,6 +58,9 @@ class Link:
     process_set: object  # Horovod ProcessSet (or the simulator's tuple of ranks)
     size: int  # ranks in the set
     position: int  # this rank's index in the set (by global rank)
+    # Ranks of the set on each node: ``size`` (the default) when the set lies inside one node, 1 when
+    # each member is on its own node (the cross-node sets); the step stats split bytes by link class with it.
+    per_node: int = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,7 @@ def nbytes(tensor):
 
 
 def _request(kind, tensor, link, name, meter, compressed=False, **options):
-    meter.sent(kind, nbytes(tensor), link.size, compressed)
+    meter.sent(kind, nbytes(tensor), link.size, compressed, link.per_node)
     return Request(kind, tensor, link, name, **options)
 
 

@@ -1,0 +1,98 @@
+"""compression="auto" after the choice: a plan measured slower than predicted by more than the slack is
+replaced by the next, and the fastest measured plan stays (dense when within the tie margin). Step times
+are scripted; the ranks' measurements are combined by their maximum."""
+import types
+
+import pytest
+
+from hvdkit.compression import spec
+from hvdkit.exchange import auto
+from hvdkit.exchange.strategies import Link, Links
+
+TOPK = auto.Choice("topk:0.01", "flat", 0.010)
+FP16 = auto.Choice("fp16", "flat", 0.030)
+DENSE = auto.Choice("none", "flat", 0.040)
+
+
+class Ranks:
+    """allgather_object of two ranks: this one's measurement and another's, ``other`` seconds slower."""
+
+    def __init__(self, other=0.0):
+        self.other = other
+
+    def allgather_object(self, mine):
+        return [mine, tuple(x + self.other for x in mine)]
+
+
+def chooser(monkeypatch, options="", other=0.0):
+    choice = auto.AutoChoice(spec.parse("auto" + (options or ",revisit=3")), None, Links(Link(None, 2, 0)), Ranks(other), "t")
+    choice.pending = False
+    choice._plans([([TOPK, FP16, DENSE], DENSE)])  # one bucket: top-k first, fp16 next, dense last
+    choice._use(0, "chosen")
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(auto.time, "perf_counter", lambda: clock.now)
+    return choice, clock
+
+
+def run(choice, clock, step_s, wait_s, steps):
+    reducer = types.SimpleNamespace(steps=10)
+    for _ in range(steps):
+        clock.now += step_s
+        choice.step_done(reducer, wait_s)
+
+
+def test_a_plan_as_fast_as_predicted_is_kept(monkeypatch):
+    choice, clock = chooser(monkeypatch)
+    run(choice, clock, 0.100, 0.005, 4)  # the first step under a plan is not measured, then 3
+    assert choice.settled and choice.trial == 0 and choice.measured == {0: (0.100, 0.005)}
+    assert "predicted 105.0 ms" in choice.events[-2] and choice.events[-1] == "keeping plan 1"
+
+
+def test_a_slow_plan_is_replaced_by_the_next_and_the_fastest_measured_stays(monkeypatch):
+    choice, clock = chooser(monkeypatch)
+    run(choice, clock, 0.200, 0.150, 4)  # predicted 50 + 10 ms = 60 ms: over by far more than 25 %
+    assert not choice.settled and choice.trial == 1 and str(choice.plan[0][0]) == "fp16@flat"
+    run(choice, clock, 0.120, 0.050, 4)  # predicted 70 + 30 = 100 ms: within 25 %
+    assert choice.settled and choice.trial == 1 and set(choice.measured) == {0, 1}
+
+
+def test_dense_wins_a_measured_tie(monkeypatch):
+    choice, clock = chooser(monkeypatch)
+    run(choice, clock, 0.100, 0.090, 4)  # predicted 10 + 10 ms: slow
+    run(choice, clock, 0.100, 0.080, 4)  # fp16: predicted 20 + 30 ms: slow
+    assert choice.trial == 2 and choice.plan[0][0].dense
+    run(choice, clock, 0.105, 0.010, 4)  # dense: within 10 % of the fastest, as predicted
+    assert choice.settled and choice.trial == 2 and choice.plan[0][0] is DENSE
+
+
+def test_the_slowest_rank_decides(monkeypatch):
+    """This rank's steps match the prediction; another rank's are 100 ms slower: all ranks move on."""
+    choice, clock = chooser(monkeypatch, other=0.100)
+    run(choice, clock, 0.100, 0.005, 4)
+    assert choice.trial == 1 and choice.measured[0] == pytest.approx((0.200, 0.105))
+
+
+@pytest.mark.parametrize("options", [",revisit=0", ",revisit=3,pin=topk:0.01"])
+def test_no_revisiting_when_pinned_or_revisit_is_0(monkeypatch, options):
+    choice, clock = chooser(monkeypatch, options)
+    run(choice, clock, 1.0, 0.99, 8)
+    assert choice.trial == 0 and choice.measured == {} and choice.settled
+
+
+def test_reprobe_decides_again_at_the_next_launch(monkeypatch):
+    choice, clock = chooser(monkeypatch)
+    run(choice, clock, 0.100, 0.005, 4)
+    choice.reprobe()
+    assert choice.pending and not choice.settled
+
+
+def test_a_checkpoint_resumes_the_plan_in_use_without_probing_again(monkeypatch):
+    choice, clock = chooser(monkeypatch)
+    run(choice, clock, 0.200, 0.150, 4)  # now trying plan 2
+    saved = choice.state_dict()
+    resumed = auto.AutoChoice(spec.parse("auto,revisit=3"), None, Links(Link(None, 2, 0)), Ranks(), "t")
+    resumed.load_state_dict(saved, buckets=1)
+    assert not resumed.pending and resumed.trial == 1 and resumed.plan == choice.plan and not resumed.settled
+    other_layout = auto.AutoChoice(spec.parse("auto"), None, Links(Link(None, 4, 0)), Ranks(), "t")
+    other_layout.load_state_dict(saved, buckets=1)
+    assert other_layout.pending and other_layout.plan is None  # another world size: decide afresh
