@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from hvdkit.runtime import env_check
 from hvdkit.runtime import horovod_env
@@ -29,6 +30,9 @@ FORWARDED_NAMES = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "MKL_NUM_THREADS", 
 # After the launcher returns, how long the job's processes get to exit before
 # hvdkit SIGKILLs them (mpirun and horovodrun have already sent SIGTERM).
 LEFTOVER_GRACE_SECONDS = 3.0
+# After Ctrl-C or SIGTERM is passed on, how long mpirun or horovodrun get to end the job
+# before their whole group is SIGKILLed.
+STOP_GRACE_SECONDS = 15.0
 
 
 def inside_launcher(environ=os.environ):
@@ -183,7 +187,10 @@ def run(cmd, env):
     proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                             preexec_fn=lambda: parent_watch.die_with_parent(me, signal.SIGTERM))
 
+    asked = []  # when a stop signal was forwarded
+
     def forward(signum, _frame):
+        asked.append(time.monotonic())
         try:
             os.killpg(proc.pid, signum)
         except ProcessLookupError:
@@ -191,7 +198,16 @@ def run(cmd, env):
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0] > STOP_GRACE_SECONDS:
+                    # mpirun can wait forever for the daemon of a node it no longer reaches
+                    print(f"hvdkit run: the launcher did not stop within {STOP_GRACE_SECONDS:g} s of the "
+                          "signal; killing it", file=sys.stderr)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    asked.clear()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

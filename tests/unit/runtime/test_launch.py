@@ -80,3 +80,32 @@ def test_missing_launcher_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(launcher, "find_tool", lambda name: None)
     with pytest.raises(UsageError, match="mpirun not found"):
         build(["--mpi", "--", "x"])
+
+
+STUBBORN_LAUNCHER = """
+import signal, sys, time
+from hvdkit.runtime import launcher
+launcher.STOP_GRACE_SECONDS = 1.0
+child = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(60)")
+sys.exit(launcher.exit_code(launcher.run([sys.executable, "-c", child], {})))
+"""
+
+
+def test_a_launcher_that_ignores_the_stop_signal_is_killed_after_the_grace():
+    """As mpirun does when it waits for a node it can no longer reach: SIGTERM is passed on,
+    then, after STOP_GRACE_SECONDS, the launcher's group is SIGKILLed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", STUBBORN_LAUNCHER], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert 1.0 <= time.monotonic() - started < 10
+    assert "did not stop within 1 s of the signal; killing it" in stderr
