@@ -18,6 +18,8 @@ COMMANDS = {
     "train": ("hvdkit.cli.train", "train a model on N ranks (the main job)"),
     "run": ("hvdkit.cli.run", "launch a script on N ranks under mpirun or horovodrun"),
     "bench": ("hvdkit.cli.bench", "run a benchmark from benchmarks/ by name"),
+    "ps": ("hvdkit.cli.ps", "run parameter servers (servers as a service, workers as the job)"),
+    "cluster": ("hvdkit.cli.cluster", "an emulated multi-node cluster on this machine (network namespaces)"),
     "doctor": ("hvdkit.cli.doctor", "report versions and what Horovod and hvdkit were built with"),
 }
 
