@@ -33,3 +33,12 @@ clean:
 
 bench: setup
 	$(PY) -m hvdkit bench
+
+# The CPU image (and the GPU one where its CUDA base is present), and a 4-rank
+# job across 2 containers over ssh: many minutes, so not part of `make test`.
+.PHONY: docker docker-test
+docker:
+	bash scripts/docker.sh build
+
+docker-test:
+	bash scripts/docker.sh test

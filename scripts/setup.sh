@@ -11,6 +11,33 @@ cd "$REPO_ROOT"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.hvdkit-setup"
 
+# The system packages, in one place (Debian/Ubuntu names). The default set-up
+# installs the build ones it finds missing; `setup.sh system-packages GROUP`
+# installs a whole group without recommends, which is how the Docker images
+# get theirs (tests/unit/test_docker_drift.py holds them to these lists).
+BUILD_PACKAGES=(python3 python3-dev python3-venv ca-certificates g++ make cmake openmpi-bin libopenmpi-dev)
+# What a built venv needs to run: the interpreter it links to, the OpenMP
+# runtime of hvdkit's extension, Open MPI, and ssh for multi-host jobs.
+RUNTIME_PACKAGES=(python3 libgomp1 openmpi-bin openssh-client openssh-server)
+# What the emulated cluster needs (hvdkit cluster: an sshd per node, links shaped with tc);
+# the default set-up installs them when run as root, the only user who can make a cluster.
+CLUSTER_PACKAGES=(openssh-server iproute2)
+
+if [ "${1:-}" = system-packages ]; then
+  case "${2:-}" in
+    build) packages=("${BUILD_PACKAGES[@]}") ;;
+    runtime) packages=("${RUNTIME_PACKAGES[@]}") ;;
+    *) die "system-packages: unknown group '${2:-}'; expected build or runtime" ;;
+  esac
+  { [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; } \
+    || die "system-packages needs root and apt-get; install these yourself: ${packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" > /dev/null
+  note "installed the $2 packages: ${packages[*]}"
+  exit 0
+fi
+[ $# = 0 ] || die "unknown arguments '$*'; usage: setup.sh [system-packages build|runtime]"
+
 inputs_hash() {
   cat requirements.txt scripts/setup.sh scripts/build_horovod.sh scripts/common.sh setup.py pyproject.toml \
     $(find csrc -type f | sort) | sha256sum | cut -c1-16
@@ -48,6 +75,11 @@ if ! command -v mpirun > /dev/null || ! command -v mpicxx > /dev/null; then
 fi
 mpirun --version 2>/dev/null | grep -q "Open MPI" \
   || die "mpirun is not Open MPI ($(mpirun --version 2>&1 | head -n1)); hvdkit's launcher and tests expect Open MPI"
+# CLUSTER_PACKAGES, for hvdkit cluster and tests/integration/test_cluster.py (root only).
+if [ "$(id -u)" = 0 ]; then
+  [ -x /usr/sbin/sshd ] || apt_install openssh-server
+  { command -v ip && command -v tc; } > /dev/null || apt_install iproute2
+fi
 
 # --- Virtual environment -------------------------------------------------
 if [ -d "$VENV" ] && ! "$VENV/bin/python" -c "import pip" > /dev/null 2>&1; then
