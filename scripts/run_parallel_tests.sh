@@ -42,6 +42,7 @@ np1_torch=(
   test_mismatch.py                # a gradient missing on the lone rank counts as zero (rank-pair tests skip)
   test_optimizer_equivalence.py   # Horovod's optimizer registers no hooks at size 1: hvdkit must still match it
   test_optimizer_dropin.py        # a Horovod script run as one process trains as with horovod.torch
+  test_pipeline.py                # one stage: PyTorch's pipelining with nothing to pipe equals plain torch
 )
 np1_tensorflow=(
   test_horovod_collectives.py     # Horovod's collectives on a world of one
@@ -63,6 +64,7 @@ gloo_torch=(
   test_oracle_optimizer.py        # the two-phase route's alltoall, and the allgather route, over Gloo
   test_mismatch.py                # mismatched ranks raise on every rank through the Gloo controller, never hang
   test_elastic_state.py           # elastic jobs run on Gloo only: commit, restore and sync over it
+  test_pipeline.py                # torch.distributed started from horovodrun's ranks, not MPI's
 )
 gloo_tensorflow=(
   test_horovod_collectives.py     # the Gloo controller is the one in use; Horovod's TF ops over it

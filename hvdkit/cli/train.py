@@ -24,6 +24,8 @@ def relaunch(config):
     run_argv = ["-np", str(config.np)]
     if config.launcher:
         run_argv.append(f"--{config.launcher}")
+    if config.hosts:
+        run_argv += ["-H", config.hosts]
     if config.ranks_per_node:
         run_argv += ["--ranks-per-node", str(config.ranks_per_node)]
     run_argv += ["--", sys.executable, "-m", "hvdkit", "train", *train_config.to_argv(config)]

@@ -17,6 +17,7 @@ MODELS = ("mlp", "cnn", "resnet18")
 DATASETS = ("digits", "synthetic", "mnist1d")  # hvdkit.training.data.DATASETS
 SEQUENCE_DATASETS = ("mnist1d",)  # 1-D samples: mlp, and cnn as a 1-D conv net; no resnet18
 LAUNCHERS = ("mpi", "gloo")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")  # hvdkit.torch.pipeline.SCHEDULES
 
 
 @dataclasses.dataclass
@@ -39,6 +40,10 @@ class TrainConfig:
     log_dir: str = "runs/hvdkit-train"
     seed: int = 0
     launcher: str = None  # None: mpirun when installed, else horovodrun --gloo
+    hosts: str = None  # -H host:slots,...: where the ranks run (None: this host)
+    pipeline_stages: int = 1  # K > 1: the model cut into K pipeline stages, -np / K replicas of the pipeline
+    microbatches: int = 4  # pieces of each replica's batch in the pipeline
+    schedule: str = "1f1b"  # the pipeline schedule (PIPELINE_SCHEDULES)
 
 
 def add_arguments(parser):
@@ -68,6 +73,16 @@ def add_arguments(parser):
                              "starts mid-epoch at the exact sample (default: at epoch ends only)")
     parser.add_argument("--log-dir", default=defaults.log_dir, help="metrics.jsonl and TensorBoard events")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--pipeline-stages", type=int, default=defaults.pipeline_stages, metavar="K",
+                        help="cut the model into K pipeline stages (torch; -np a multiple of K): -np/K replicas "
+                             "of the pipeline, each stage's gradients averaged among its replicas; --batch-size "
+                             "is then per replica (default 1: data parallelism only)")
+    parser.add_argument("--microbatches", type=int, default=defaults.microbatches, metavar="M",
+                        help=f"with --pipeline-stages: micro-batches per batch (default {defaults.microbatches})")
+    parser.add_argument("--schedule", choices=PIPELINE_SCHEDULES, default=defaults.schedule,
+                        help=f"with --pipeline-stages: the pipeline schedule (default {defaults.schedule})")
+    parser.add_argument("-H", "--hosts", default=None, metavar="HOST:SLOTS,...",
+                        help="run the ranks on these hosts (as hvdkit run -H), e.g. node1:2,node2:2")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--mpi", dest="launcher", action="store_const", const="mpi", help="launch with mpirun")
     which.add_argument("--gloo", dest="launcher", action="store_const", const="gloo",
@@ -79,7 +94,7 @@ def to_argv(config):
     argv = []
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
-        if field.name in ("np", "launcher") or value is None or value is False or value == field.default:
+        if field.name in ("np", "launcher", "hosts") or value is None or value is False or value == field.default:
             continue
         flag = "--" + field.name.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
@@ -139,17 +154,21 @@ def validate(config, world_size, train_samples=None, environ=None):
     _check_local_sgd(config, spec)
     _check_hierarchical(config, world_size, environ)
     _check_checkpoint_every(config)
+    _check_pipeline(config, world_size)
     if config.checkpoint is not None:
         _writable_dir("--checkpoint", config.checkpoint)
     _writable_dir("--log-dir", config.log_dir)
 
 
 def check_shard(config, world_size, train_samples):
-    """Every rank needs at least one full batch of its shard of ``train_samples``."""
-    shard = -(-train_samples // world_size)
+    """Every rank (every pipeline replica) needs at least one full batch of its shard of ``train_samples``."""
+    shards = world_size // config.pipeline_stages if config.pipeline_stages > 1 else world_size
+    shard = -(-train_samples // shards)
     if config.batch_size > shard:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than a rank's shard "
-                         f"({shard} of {train_samples} {config.dataset} training samples on {world_size} ranks)")
+        one, holders = ("replica", f"{shards} pipeline replicas") if config.pipeline_stages > 1 else \
+            ("rank", f"{world_size} ranks")
+        raise UsageError(f"--batch-size {config.batch_size} is larger than a {one}'s shard ({shard} of "
+                         f"{train_samples} {config.dataset} training samples on {holders})")
 
 
 def _check_compression(spec):
@@ -224,6 +243,43 @@ def _check_checkpoint_every(config):
     if config.framework != "torch":
         raise UsageError(f"--checkpoint-every: mid-epoch checkpoints are available with --framework torch only, "
                          f"got --framework {config.framework}")
+
+
+def _check_pipeline(config, world_size):
+    """--pipeline-stages K: torch only, K dividing -np, a batch that splits into --microbatches, a schedule
+    that can run them, and none of the flags that average over all ranks."""
+    _positive("--microbatches", config.microbatches)
+    if config.schedule not in PIPELINE_SCHEDULES:
+        raise UsageError(f"--schedule {config.schedule}: choose one of {', '.join(PIPELINE_SCHEDULES)}")
+    k = config.pipeline_stages
+    _positive("--pipeline-stages", k)
+    if k == 1:
+        return
+    if config.framework != "torch":
+        raise UsageError(f"--pipeline-stages {k}: Keras 3 has no pipeline engine, so --framework "
+                         f"{config.framework} trains data-parallel only; for model parallelism in TensorFlow, keep "
+                         f"a layer's variables on some ranks and register them as local sources of hvdkit's gradient "
+                         f"tape (hvdkit.tensorflow.PartialDistributedGradientTape), or use --framework torch")
+    if world_size % k:
+        valid = [n for n in range(k, 4 * k + 1, k)]
+        raise UsageError(f"--pipeline-stages {k} does not divide -np {world_size}: the ranks form -np/K replicas of "
+                         f"a {k}-stage pipeline (e.g. -np {', '.join(map(str, valid))})")
+    if config.batch_size % config.microbatches:
+        raise UsageError(f"--batch-size {config.batch_size} does not split into --microbatches {config.microbatches} "
+                         f"equal micro-batches: use a multiple of {config.microbatches}")
+    if config.schedule == "1f1b" and config.microbatches < k:
+        raise UsageError(f"--schedule 1f1b needs --microbatches >= --pipeline-stages ({config.microbatches} < {k})")
+    rounds = max(1, config.microbatches // k)
+    if config.schedule == "interleaved" and config.microbatches % rounds:
+        raise UsageError(f"--schedule interleaved runs --microbatches in rounds of about {k}: "
+                         f"{config.microbatches} is not a multiple of {rounds} (use a multiple of {k})")
+    if config.model == "resnet18":
+        raise UsageError("--pipeline-stages: --model resnet18 is not an nn.Sequential to cut into stages; use "
+                         "--model mlp or cnn")
+    for flag, value in (("--hierarchical", config.hierarchical), ("--average-every", config.average_every)):
+        if value:
+            raise UsageError(f"{flag} with --pipeline-stages {k}: a stage's gradients are averaged among its "
+                             f"replicas only (a flat process set), not over every rank; drop {flag}")
 
 
 def check(config, world_size):

@@ -107,6 +107,10 @@ def train(config, after_step=None):
     """Train on this rank. ``after_step(global_step)``, when given, is called wherever training could
     resume from (the start, after each step, after each epoch's end), once the checkpoint due there
     is saved; the resume tests stop the job there."""
+    if config.pipeline_stages > 1:  # the model cut into stages: its own loop
+        from hvdkit.training import pipeline_loop
+
+        return pipeline_loop.train(config, after_step)
     import hvdkit.torch as hvd
 
     hvd.init()
