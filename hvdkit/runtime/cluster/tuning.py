@@ -1,11 +1,16 @@
 """Open MPI's settings for the cluster's shaped TCP links, and why each is there.
 
 Measured on 2 nodes at 1 Gbit/s (``python -m hvdkit.runtime.cluster.busbw``,
-64 MiB allreduce, bus bandwidth): untuned Open MPI 4.1 reached 0.49 of the
-link rate, with one TCP connection per pair of ranks; two connections per
-pair (``btl_tcp_links=2``) reached 0.94. Larger socket buffers, larger TCP
-fragments and the ring algorithm changed nothing. A plain TCP stream reached
-0.96 both ways at once, so the shaping itself was not the limit. Gloo needs
+allreduce of 32-64 MiB, bus bandwidth, one rank per node): untuned Open MPI
+4.1 reached 0.49 of the link rate. Its TCP transport sends a large message
+as a rendezvous: 64 KiB eagerly, then 128 KiB fragments, one socket per pair
+of ranks carrying both directions; with 4 MiB for the eager part, the
+fragments and the pipelined part it reached 0.81-0.86. Larger socket buffers,
+a progress thread and the ring algorithm changed nothing; 16 MiB was worse
+(0.60). Two sockets per pair (``btl_tcp_links=2``) reached 0.94, but hung
+Open MPI 4.1.4 in the large all-to-all exchanges of hvdkit's two-phase
+route, so it is not used. A plain TCP stream reached 0.96 both ways at once,
+so the shaping was never the limit; Gloo reached 0.85-0.96 untuned and needs
 no setting beyond the interface, which horovodrun finds by itself (the nodes'
 link shares the bridge's name, :mod:`hvdkit.runtime.cluster.layout`).
 
@@ -18,7 +23,10 @@ from hvdkit.runtime.cluster.layout import SUBNET
 MPI_SETTINGS = {
     "btl_tcp_if_include": SUBNET,
     "oob_tcp_if_include": SUBNET,
-    "btl_tcp_links": "2",
+    "btl_tcp_eager_limit": str(4 << 20),
+    "btl_tcp_rndv_eager_limit": str(4 << 20),
+    "btl_tcp_max_send_size": str(4 << 20),
+    "btl_tcp_rdma_pipeline_send_length": str(4 << 20),
 }
 
 
