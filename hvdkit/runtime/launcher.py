@@ -173,8 +173,9 @@ def build_command(args, environ, status_dir=None):
     return horovodrun_command(horovodrun, args.np, hosts, command), env
 
 
-def run(cmd, env):
-    """Run the launcher in its own process group and pass on its exit code.
+def run(cmd, env, stopped=None):
+    """Run the launcher in its own process group and pass on its exit code (``stopped``, a list,
+    receives the numbers of the stop signals passed on).
 
     The group lets Ctrl-C or a kill of ``hvdkit run`` take every rank with it
     instead of leaving orphans. Should this process die without a word (``kill
@@ -191,6 +192,8 @@ def run(cmd, env):
 
     def forward(signum, _frame):
         asked.append(time.monotonic())
+        if stopped is not None:
+            stopped.append(signum)
         try:
             os.killpg(proc.pid, signum)
         except ProcessLookupError:
@@ -237,12 +240,16 @@ def launch(args):
         if args.dry_run:
             print(" ".join(cmd))
             return 0
+        stopped = []
         try:
-            code = exit_code(run(cmd, env))
+            code = exit_code(run(cmd, env, stopped))
         finally:
             end_leftovers(status_dir)
         if not code:
             return 0
+        if stopped:  # the ranks were ended on purpose: none of them is to blame
+            print(f"hvdkit run: stopped by {signal.Signals(stopped[0]).name}; the job was ended", file=sys.stderr)
+            return code
         blamed = rank_status.culprit(status_dir)
         failure = rank_status.first_failure(status_dir)
     if blamed is not None:
