@@ -22,6 +22,15 @@ stage() {  # name, command...
   summary+=("$(printf '%5d s  %-6s  %s' $((SECONDS - start)) "$status" "$name")")
 }
 
+# tests/integration/test_cluster.py makes an emulated cluster: an sshd per node, links shaped
+# with tc. Only root can make one (the tests skip otherwise, saying so), so only root installs them.
+if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null \
+    && { [ ! -x /usr/sbin/sshd ] || ! command -v tc > /dev/null; }; then
+  note "installing openssh-server and iproute2 for the emulated-cluster tests"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2; } \
+    > /tmp/hvdkit-apt-cluster.log 2>&1 || { tail -n 20 /tmp/hvdkit-apt-cluster.log >&2; exit 1; }
+fi
+
 launches="$(mktemp)"  # the parallel script writes its launches' times here
 trap 'rm -f "$launches"' EXIT
 start_all=$SECONDS

@@ -19,9 +19,6 @@ BUILD_PACKAGES=(python3 python3-dev python3-venv ca-certificates g++ make cmake 
 # What a built venv needs to run: the interpreter it links to, the OpenMP
 # runtime of hvdkit's extension, Open MPI, and ssh for multi-host jobs.
 RUNTIME_PACKAGES=(python3 libgomp1 openmpi-bin openssh-client openssh-server)
-# What the emulated cluster needs (hvdkit cluster: an sshd per node, links shaped with tc);
-# the default set-up installs them when run as root, the only user who can make a cluster.
-CLUSTER_PACKAGES=(openssh-server iproute2)
 
 if [ "${1:-}" = system-packages ]; then
   case "${2:-}" in
@@ -75,11 +72,6 @@ if ! command -v mpirun > /dev/null || ! command -v mpicxx > /dev/null; then
 fi
 mpirun --version 2>/dev/null | grep -q "Open MPI" \
   || die "mpirun is not Open MPI ($(mpirun --version 2>&1 | head -n1)); hvdkit's launcher and tests expect Open MPI"
-# CLUSTER_PACKAGES, for hvdkit cluster and tests/integration/test_cluster.py (root only).
-if [ "$(id -u)" = 0 ]; then
-  [ -x /usr/sbin/sshd ] || apt_install openssh-server
-  { command -v ip && command -v tc; } > /dev/null || apt_install iproute2
-fi
 
 # --- Virtual environment -------------------------------------------------
 if [ -d "$VENV" ] && ! "$VENV/bin/python" -c "import pip" > /dev/null 2>&1; then

@@ -102,7 +102,7 @@ def packages_installed(text):
 def setup_groups():
     text = SETUP.read_text()
     groups = {}
-    for name in ("BUILD_PACKAGES", "RUNTIME_PACKAGES", "CLUSTER_PACKAGES"):
+    for name in ("BUILD_PACKAGES", "RUNTIME_PACKAGES"):
         match = re.search(name + r"=\(([^)]*)\)", text)
         assert match, f"scripts/setup.sh no longer defines {name}"
         groups[name] = set(match.group(1).split())
@@ -148,14 +148,13 @@ def test_dockerfile_installs_through_setup_script(path):
 
 
 def test_setup_installs_from_its_own_groups():
-    """setup.sh's default path (apt_install of what is missing) stays inside its build and cluster groups."""
-    groups = setup_groups()
-    build = groups["BUILD_PACKAGES"] | groups["CLUSTER_PACKAGES"]
+    """setup.sh's default path (apt_install of what is missing) stays inside its build group."""
+    build = setup_groups()["BUILD_PACKAGES"]
     named = set()
     for match in re.finditer(r"apt_install ([^;|&}\n]+)", SETUP.read_text()):
         named.update(word for word in match.group(1).split() if not word.startswith(("$", '"', "-")))
     assert named, "found no apt_install call in scripts/setup.sh"
-    assert named <= build, f"setup.sh installs {sorted(named - build)} outside BUILD_PACKAGES and CLUSTER_PACKAGES"
+    assert named <= build, f"setup.sh installs {sorted(named - build)} outside BUILD_PACKAGES"
 
 
 def test_drift_is_detected():
