@@ -106,5 +106,8 @@ def topo(hvd):
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked ``joins`` last: after Horovod's join() the ranks name unnamed ops differently."""
-    items.sort(key=lambda item: item.get_closest_marker("joins") is not None)
+    """Tests marked ``joins`` last: after Horovod's join() the ranks name unnamed ops differently; and
+    after them those marked ``uneven_ops``, after which an unnamed collective hung at -np 4 on 2 nodes."""
+    items.sort(key=lambda item: (item.get_closest_marker("joins") is not None
+                                 or item.get_closest_marker("uneven_ops") is not None,
+                                 item.get_closest_marker("uneven_ops") is not None))

@@ -7,7 +7,7 @@ import hvdkit.torch as hvdkit_torch
 from hvdkit.compression import registry
 from optimizer_support import assert_same_on_every_rank
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.uneven_ops, pytest.mark.slow]
 
 STEPS = 4
 LR = 0.05

@@ -14,7 +14,7 @@ from torch import nn
 
 import hvdkit.torch.pipeline as pp
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.uneven_ops]
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 STEPS = 3

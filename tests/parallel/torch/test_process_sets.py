@@ -11,7 +11,7 @@ import torch
 import hvdkit.torch as hvdkit_torch
 from optimizer_support import FUSION_MB, LR, loss_of, make_model
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.uneven_ops]
 STEPS = 3
 
 

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.timeout(60)
 
 def gather(hvd, indices):
     """Every rank's 1-D int64 array, in rank order (lengths may differ)."""
-    lengths = hvd.allgather(torch.tensor([len(indices)], dtype=torch.int64)).tolist()
-    flat = hvd.allgather(torch.from_numpy(np.asarray(indices, dtype=np.int64))).numpy()
+    lengths = hvd.allgather(torch.tensor([len(indices)], dtype=torch.int64), name="test.shards.lengths").tolist()
+    flat = hvd.allgather(torch.from_numpy(np.asarray(indices, dtype=np.int64)), name="test.shards.indices").numpy()
     return np.split(flat, np.cumsum(lengths)[:-1])
 
 
