@@ -56,9 +56,9 @@ def _write(status_dir, name, payload):
     os.replace(path + ".tmp", path)
 
 
-def record(status_dir, rank, returncode, stopped=None):
-    """The rank's exit; ``stopped`` describes a stop that made the wrapper kill it."""
-    payload = {"rank": int(rank), "returncode": returncode, "time": time.time()}
+def record(status_dir, rank, returncode, stopped=None, ended=None):
+    """The rank's exit (at ``ended``, default now); ``stopped`` describes a stop that made the wrapper kill it."""
+    payload = {"rank": int(rank), "returncode": returncode, "time": time.time() if ended is None else ended}
     if stopped:
         payload["stopped"] = stopped
     _write(status_dir, f"rank{rank}.json", payload)
@@ -157,11 +157,10 @@ def first_failure(status_dir):
     """The exit record of the rank that failed first, or None when none failed.
 
     Ranks that the launcher terminated (SIGTERM) after that failure come later
-    in time, so the earliest non-zero record names the culprit.
+    in time, so the earliest non-zero record names the culprit (see ``_cause_first``).
     """
-    failed = sorted((r for r in read_records(status_dir)["exits"] if r["returncode"] != 0),
-                    key=lambda r: r["time"])
-    return failed[0] if failed else None
+    failed = [(r["time"], r["rank"], "exit", r) for r in read_records(status_dir)["exits"] if r["returncode"] != 0]
+    return min(failed, key=_cause_first)[3] if failed else None
 
 
 def _rank_list(ranks):
@@ -224,6 +223,23 @@ def _vanished(groups):
                           "killed, or the node or its link was lost)")
 
 
+KILLED_WINDOW_SECONDS = 2.0  # a peer's error this soon before a rank's recorded death by signal is its echo
+
+
+def _cause_first(event):
+    """Sort key of failure events: by time, except that a death by signal (not the launcher's terminate)
+    moves ahead of what its peers raised up to ``KILLED_WINDOW_SECONDS`` before it was recorded.
+
+    A killed rank cannot have been the consequence of a peer's error (a peer's MPI_ABORT ends the
+    wrappers as well, so it is not recorded), while its peers see its sockets close at once and
+    may raise before its wrapper is scheduled to record the death on a loaded machine.
+    """
+    when, _, kind, record_ = event
+    if kind == "exit" and record_["returncode"] < 0 and record_["returncode"] not in TERMINATED:
+        return when - KILLED_WINDOW_SECONDS
+    return when
+
+
 def _culprit(groups):
     if groups["stalls"]:
         stall = min(groups["stalls"], key=lambda s: s["time"])
@@ -240,7 +256,7 @@ def _culprit(groups):
         return vanished
     if not events:
         return None
-    _, rank, kind, event = min(events, key=lambda item: item[0])
+    _, rank, kind, event = min(events, key=_cause_first)
     if kind == "exit":
         exception = next((e for e in groups["exceptions"] if e["rank"] == rank), None)
         if exception is None:
@@ -471,21 +487,23 @@ def main(argv):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, watch.forward)
     returncode = watch.wait()
-    if watch.orphaned or watch.parent_watch.check():  # nobody will end what the rank left behind
-        watch.end_descendants()
-    watch.copier.join(STDERR_JOIN_SECONDS)
-    if _launcher_dead(launcher, chain):
-        if status_dir:  # nobody will read or remove it now
-            shutil.rmtree(status_dir, ignore_errors=True)
-    elif status_dir:
+    ended = time.time()
+    if status_dir and not _launcher_dead(launcher, chain):
+        # Recorded before anything else: an MPI_ABORT by a peer that saw this rank die kills this
+        # wrapper too, and the report must still name the rank that ended first.
         # An exit unseen by WCONTINUED may still follow a resume; only SIGKILL ends a process
         # that is still stopped.
         still_stopped = watch.stopped if returncode == -signal.SIGKILL else None
         try:
-            record(status_dir, rank, returncode, watch.ending_stop or still_stopped)
+            record(status_dir, rank, returncode, watch.ending_stop or still_stopped, ended)
             os.remove(_stopped_path(status_dir, rank))
         except FileNotFoundError:
             pass  # no stop to forget; or the launcher died just now and a peer's wrapper removed the directory
+    if watch.orphaned or watch.parent_watch.check():  # nobody will end what the rank left behind
+        watch.end_descendants()
+    watch.copier.join(STDERR_JOIN_SECONDS)
+    if status_dir and _launcher_dead(launcher, chain):  # nobody will read or remove it now
+        shutil.rmtree(status_dir, ignore_errors=True)
     return 128 - returncode if returncode < 0 else returncode
 
 

@@ -80,6 +80,21 @@ def test_an_exception_is_named_with_its_message(tmp_path, clock):
     assert message.startswith("rank 1 raised ValueError: bad learning rate -1 (its traceback is above")
 
 
+def test_a_killed_rank_is_blamed_before_the_peer_that_raised_as_its_sockets_closed(tmp_path, clock):
+    rank_status.record_exception(tmp_path, 0, "RuntimeError", "Connection reset by peer")
+    rank_status.record(tmp_path, 1, -signal.SIGKILL)  # its wrapper recorded the death a second later
+    rank_status.record(tmp_path, 0, 1)
+    assert rank_status.culprit(tmp_path) == (1, "rank 1 killed by SIGKILL (signal 9)")
+    assert rank_status.first_failure(tmp_path)["returncode"] == -signal.SIGKILL
+
+
+def test_an_exception_well_before_a_kill_is_still_the_cause(tmp_path, clock):
+    rank_status.record_exception(tmp_path, 0, "ValueError", "bad batch size 0")
+    clock.now += rank_status.KILLED_WINDOW_SECONDS
+    rank_status.record(tmp_path, 1, -signal.SIGKILL)
+    assert rank_status.culprit(tmp_path)[0] == 0
+
+
 def test_a_stalled_rank_is_blamed_before_the_ranks_that_failed_because_of_it(tmp_path, clock):
     rank_status.record(tmp_path, 0, 1)  # rank 0's HorovodInternalError came first in time
     rank_status.record_stall(tmp_path, 0, {1: ["allreduce.grad"]}, 600)
