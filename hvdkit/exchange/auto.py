@@ -314,6 +314,8 @@ class AutoChoice:
         cross = given
         if cross is None and links.intra.position == 0:  # one node interface at a time: local rank 0's set
             cross = probe.probe(self.transport, links.cross, self.ops, like, f"{name}.cross")[0]
+        elif cross is None:  # as many Horovod operations as local rank 0's probe (see probe.shadow)
+            probe.shadow(self.transport, links.cross, self.ops, like, f"{name}.cross")
         intra = probe.probe(self.transport, links.intra, self.ops, like, f"{name}.intra")[0]
         return cross, intra, how
 

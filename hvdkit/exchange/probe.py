@@ -15,7 +15,7 @@ from hvdkit.exchange import cost
 from hvdkit.exchange.engine import Flight
 from hvdkit.exchange.strategies import Request
 
-__all__ = ["SIZES", "fit", "probe"]
+__all__ = ["SIZES", "fit", "probe", "shadow"]
 
 SIZES = (4 * 2**10, 256 * 2**10, 4 * 2**20)  # bytes of float32 zeros allreduced
 REPEATS = 3
@@ -43,16 +43,32 @@ def fit(peers, samples):
 def probe(transport, link, ops, like, name, sizes=SIZES, repeats=REPEATS):
     """(Network, samples) of ``link``, measured through ``transport`` (every rank of the link calls this
     together); ``like``: a tensor of the framework and device to allocate on; ``name``: unique per probe."""
+    samples = _timed(transport, link, ops, like, name, sizes, repeats)
+    return fit(link.size, samples), samples
+
+
+def shadow(transport, link, ops, like, name, sizes=SIZES, repeats=REPEATS):
+    """Make as many Horovod operations as :func:`probe` over ``link``, of one float each, measuring nothing.
+
+    Horovod names a user's unnamed operations by a per-process count of operations, so ranks that
+    sit out a probe (one node interface is probed at a time) make these instead, keeping the count
+    equal on every rank.
+    """
+    _timed(transport, link, ops, like, name, (4,) * len(sizes), repeats)
+
+
+def _timed(transport, link, ops, like, name, sizes, repeats):
+    """[(bytes, median seconds)] of allreduces of each size in ``sizes`` over ``link``."""
     samples = []
-    for size in sizes:
+    for index, size in enumerate(sizes):
         tensor = ops.zeros(size // 4, like)
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
-            Flight(transport, _allreduce(Request("allreduce", tensor, link, f"{name}.{size}"))).wait()
+            Flight(transport, _allreduce(Request("allreduce", tensor, link, f"{name}.{index}.{size}"))).wait()
             times.append(time.perf_counter() - start)
         samples.append((size, statistics.median(times[1:])))
-    return fit(link.size, samples), samples
+    return samples
 
 
 def _allreduce(request):

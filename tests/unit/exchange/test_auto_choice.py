@@ -150,6 +150,20 @@ def test_the_probe_fit_recovers_latency_and_bandwidth(peers):
         probe.fit(peers, [(4096, 1e-3), (4096, 2e-3)])
 
 
+def test_ranks_that_sit_out_a_probe_make_as_many_horovod_operations():
+    """Horovod names unnamed operations by a per-process count: a shadow must match the probe's count."""
+    from hvdkit.exchange.simulate import MirrorTransport
+    from hvdkit.exchange.strategies import Link
+
+    link, like = Link((0, 1), 2, 0), torch.zeros(1)
+    probing, shadowing = MirrorTransport(), MirrorTransport()
+    probe.probe(probing, link, TorchOps(), like, "p")
+    probe.shadow(shadowing, link, TorchOps(), like, "p")
+    assert len(shadowing.requests) == len(probing.requests) == len(probe.SIZES) * (probe.REPEATS + 1)
+    assert {r.tensor.numel() for r in shadowing.requests} == {1}
+    assert max(r.tensor.numel() for r in probing.requests) == probe.SIZES[-1] // 4
+
+
 def test_the_auto_spec_parses_round_trips_and_names_bad_values():
     parsed = spec.parse("auto")
     assert parsed.name == "auto" and parsed.options["candidates"] == "none+fp16+int8+topk:0.01+powersgd:4"
