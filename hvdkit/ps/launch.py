@@ -4,16 +4,42 @@
 job's secret, starts one ``python -m hvdkit.ps.server`` per server and
 returns a ``ServerGroup`` whose ``env`` the workers need. Servers end with
 the group (``stop``), or on their own when the process named ``exit_with``
-ends, so no server outlives its job.
+ends, so no server outlives its job. ``listen_host`` picks the address for a
+job whose ranks run on other hosts too.
 """
 import os
+import socket
 import subprocess
 import sys
 import time
 
 from hvdkit.ps import modes, transport
 
-__all__ = ["ServerGroup", "start_servers"]
+__all__ = ["HOST_ENV", "ServerGroup", "listen_host", "start_servers"]
+
+HOST_ENV = "HVDKIT_PS_HOST"  # the address servers listen on, where the route to the hosts is not the one to use
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def listen_host(hosts, environ=os.environ):
+    """The one address servers on this host listen on for ranks on ``hosts`` (host names, as ``-H`` gives
+    them): ``HVDKIT_PS_HOST`` when set; loopback when every host is this one; else this host's address on
+    its route to the first other host (on the emulated cluster of ``hvdkit cluster up``, the bridge's
+    address, which every node reaches). ValueError when a host name does not resolve."""
+    if environ.get(HOST_ENV):
+        return environ[HOST_ENV]
+    here = {socket.gethostname(), socket.getfqdn(), *LOOPBACK_NAMES}
+    others = [h for h in hosts if h not in here]
+    if not others:
+        return "127.0.0.1"
+    try:
+        address = socket.gethostbyname(others[0])
+    except OSError as err:
+        raise ValueError(f"host {others[0]!r} does not resolve ({err}); set {HOST_ENV} to the address this "
+                         f"host's parameter servers should listen on") from None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 9))  # no packet is sent: the kernel only picks the route and its source address
+        return probe.getsockname()[0]
 
 
 class ServerGroup:

@@ -39,6 +39,11 @@ class PSWorker:
         self.sends_params = False
         self.dropped = 0  # backup: this worker's deltas that arrived after their step closed
         self.steps = 0
+        # Staleness as this worker sees it: updates the servers applied (shard 0's count) between two of its pulls,
+        # besides its own step. async: the staleness of its push (as the servers count it); ssp: the others' updates
+        # its pull caught up with; sync and backup count steps, so 0 unless steps closed without it (a dropped delta).
+        self.updates = None  # shard 0's update count in the last answer
+        self.staleness = [0, 0, 0]  # answers counted, their staleness summed, the largest
 
     def _shards(self, flat):
         return sharding.slices(np.ascontiguousarray(flat, dtype=np.float32).reshape(-1), self.edges)
@@ -57,12 +62,21 @@ class PSWorker:
             raise PSError(f"worker {self.worker}: the shards are at different steps {sorted(clocks)}")
         return max(clocks)
 
+    def _observe(self, answers):
+        updates = answers[0][0].get("updates")
+        if updates is not None and self.updates is not None:
+            stale = max(0, updates - self.updates - 1)
+            self.staleness = [self.staleness[0] + 1, self.staleness[1] + stale, max(self.staleness[2], stale)]
+        self.updates = updates
+
     def join(self, params):
         """Join the job: the servers' current parameters (this worker's own become them if the servers
-        were empty), as a flat float32 array."""
+        were empty), as a flat float32 array. Also after ``pause``: back in the membership, with the current
+        parameters."""
         answers = self.client.call({s: ({"op": "join"}, [part]) for s, part in enumerate(self._shards(params))})
         flat = self._params(answers)
         self.clock = self._clock(answers)
+        self.updates = answers[0][0].get("updates")
         return flat
 
     def _push(self, flat, extra_arrays=None):
@@ -77,6 +91,7 @@ class PSWorker:
         answers = self.client.call(requests)
         self.seq += 1
         self.steps += 1
+        self._observe(answers)
         return answers
 
     def exchange_gradient(self, gradient, params=None):
@@ -103,16 +118,23 @@ class PSWorker:
         return params
 
     def stats(self):
+        count, total, worst = self.staleness
         return {"worker": self.worker, "clock": self.clock, "steps": self.steps, "dropped": self.dropped,
-                "bytes_sent": self.client.bytes_sent, "bytes_received": self.client.bytes_received}
+                "bytes_sent": self.client.bytes_sent, "bytes_received": self.client.bytes_received,
+                "staleness_count": count, "staleness_sum": total, "staleness_max": worst}
+
+    def pause(self, params=None):
+        """Leave the membership but keep the connection: nobody waits for this worker until it ``join``s again
+        (a backup:B step closes with the workers still pushing). ``params`` as for ``leave``."""
+        parts = self._shards(params) if params is not None and self.mode.pushes_gradients else None
+        self.client.call({s: ({"op": "leave", "clock": self.clock}, [parts[s]] if parts else [])
+                          for s in range(len(self.edges) - 1)})
 
     def leave(self, params=None):
         """Leave the membership (others stop waiting for this worker) and close the sockets. sync: a worker's
         ``params`` become the servers' copy, so a worker joining an idle job starts from them."""
-        parts = self._shards(params) if params is not None and self.mode.pushes_gradients else None
         try:
-            self.client.call({s: ({"op": "leave", "clock": self.clock}, [parts[s]] if parts else [])
-                              for s in range(len(self.edges) - 1)})
+            self.pause(params)
         finally:
             self.client.close()
 

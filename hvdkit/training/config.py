@@ -17,7 +17,8 @@ MODELS = ("mlp", "cnn", "resnet18")
 DATASETS = ("digits", "synthetic", "mnist1d")  # hvdkit.training.data.DATASETS
 SEQUENCE_DATASETS = ("mnist1d",)  # 1-D samples: mlp, and cnn as a 1-D conv net; no resnet18
 LAUNCHERS = ("mpi", "gloo")
-PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved")  # hvdkit.torch.pipeline.SCHEDULES
+MODES = ("allreduce", "ps")  # how ranks combine their updates: Horovod's allreduce, or parameter servers (hvdkit.ps)
+PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")  # hvdkit.torch.pipeline.SCHEDULES
 
 
 @dataclasses.dataclass
@@ -44,6 +45,9 @@ class TrainConfig:
     pipeline_stages: int = 1  # K > 1: the model cut into K pipeline stages, -np / K replicas of the pipeline
     microbatches: int = 4  # pieces of each replica's batch in the pipeline
     schedule: str = "1f1b"  # the pipeline schedule (PIPELINE_SCHEDULES)
+    mode: str = "allreduce"  # MODES; ps: hvdkit.training.ps_loop
+    servers: int = 2  # --mode ps: parameter servers (shards), each replicated on the next when >= 2
+    update: str = "sync"  # --mode ps: sync, ssp:S, async, async:scaled or backup:B (hvdkit.ps.modes)
 
 
 def add_arguments(parser):
@@ -81,6 +85,18 @@ def add_arguments(parser):
                         help=f"with --pipeline-stages: micro-batches per batch (default {defaults.microbatches})")
     parser.add_argument("--schedule", choices=PIPELINE_SCHEDULES, default=defaults.schedule,
                         help=f"with --pipeline-stages: the pipeline schedule (default {defaults.schedule})")
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
+                        help="allreduce: Horovod averages the gradients every step (default); ps: parameter "
+                             "servers beside the job hold the model and apply the workers' updates (--servers, "
+                             "--update)")
+    parser.add_argument("--servers", type=int, default=defaults.servers, metavar="K",
+                        help=f"with --mode ps: parameter servers, the model cut into K shards, each replicated on "
+                             f"the next server when K >= 2 (default {defaults.servers})")
+    parser.add_argument("--update", default=defaults.update, metavar="MODE",
+                        help="with --mode ps: sync (every step waits for every worker: allreduce's result), ssp:S "
+                             "(run at most S steps ahead of the slowest worker), async (apply each update on "
+                             "arrival; async:scaled divides it by its staleness) or backup:B (each step takes "
+                             f"the first N-B workers' updates, drops the late ones) (default {defaults.update})")
     parser.add_argument("-H", "--hosts", default=None, metavar="HOST:SLOTS,...",
                         help="run the ranks on these hosts (as hvdkit run -H), e.g. node1:2,node2:2")
     which = parser.add_mutually_exclusive_group()
@@ -151,6 +167,7 @@ def validate(config, world_size, train_samples=None, environ=None):
     if train_samples is not None:
         check_shard(config, world_size, train_samples)
     spec = _check_compression(config.compression)
+    _check_ps(config, world_size, environ)
     _check_local_sgd(config, spec)
     _check_hierarchical(config, world_size, environ)
     _check_checkpoint_every(config)
@@ -280,6 +297,78 @@ def _check_pipeline(config, world_size):
         if value:
             raise UsageError(f"{flag} with --pipeline-stages {k}: a stage's gradients are averaged among its "
                              f"replicas only (a flat process set), not over every rank; drop {flag}")
+
+
+# The allreduce job's flags --mode ps refuses (config field: flag, why), where no allreduce of gradients runs.
+PS_REFUSED = {
+    "hierarchical": ("--hierarchical", "there is no allreduce to run in two levels (the workers push to the "
+                                       "servers); drop --hierarchical"),
+    "pipeline_stages": ("--pipeline-stages", "each worker pushes its whole model's update, a pipeline stage holds "
+                                             "a part of it; use --mode allreduce for pipelines"),
+    "average_every": ("--average-every", "the servers already combine the workers' models (ssp:S and async let "
+                                         "workers step locally); drop --average-every"),
+    "checkpoint": ("--checkpoint", "a resume would need the parameters and steps the servers hold, which "
+                                   "hvdkit train does not save yet; train without --checkpoint, or run servers "
+                                   "with their own checkpoints (hvdkit ps serve --checkpoint DIR --checkpoint-every "
+                                   "K) and train through hvdkit.ps.torch_worker"),
+}
+
+
+def _check_ps(config, world_size, environ):
+    """--servers and --update need --mode ps; --mode ps needs a parseable update mode, at least one server, a
+    backup:B that leaves a worker, a compressor the servers' codec has, and none of the allreduce-only flags."""
+    from hvdkit.ps import modes
+    from hvdkit.ps.codec import WIRE_SPECS, WireCodec
+
+    if config.mode not in MODES:
+        raise UsageError(f"--mode {config.mode}: choose one of {', '.join(MODES)}")
+    if config.mode != "ps":
+        for flag, value, default in (("--servers", config.servers, TrainConfig.servers),
+                                     ("--update", config.update, TrainConfig.update)):
+            if value != default:
+                raise UsageError(f"{flag} {value} needs --mode ps (with --mode {config.mode} there are no servers)")
+        return
+    if config.servers < 1:
+        raise UsageError(f"--servers must be >= 1 with --mode ps, got {config.servers}")
+    try:
+        mode = modes.parse(config.update)
+    except ValueError as err:
+        raise UsageError(f"--update {config.update}: {err}") from None
+    if mode.name == "backup" and mode.backups >= world_size:
+        raise UsageError(f"--update {config.update}: B must be less than the number of workers (-np {world_size}): "
+                         f"each step takes the first N-B = {world_size - mode.backups} updates")
+    for name, (flag, why) in PS_REFUSED.items():
+        value = getattr(config, name)
+        if (value > 1) if name == "pipeline_stages" else value:
+            shown = "" if value is True else f" {value}"
+            raise UsageError(f"--mode ps with {flag}{shown}: {why}")
+    try:
+        WireCodec(config.compression)
+    except ValueError:
+        raise UsageError(f"--mode ps with --compression {config.compression}: the parameter servers compress "
+                         f"pushes and pulls with {', '.join(WIRE_SPECS)} (one round of plain tensors); choose one "
+                         f"of them") from None
+    _check_servers_env(config, mode, environ)
+
+
+def _check_servers_env(config, mode, environ):
+    """Inside a launcher with servers already given (hvdkit train's own relaunch, or ``hvdkit ps serve``'s
+    variables), they must be the servers these flags describe."""
+    servers = environ.get("HVDKIT_PS_SERVERS", "")
+    if not (_launched(environ) and servers):
+        return
+    count = len(servers.split(","))
+    given = environ.get("HVDKIT_PS_MODE", "sync")
+    if given != str(mode):
+        raise UsageError(f"--update {config.update}, but the servers in HVDKIT_PS_SERVERS run {given} "
+                         f"(HVDKIT_PS_MODE): give the job the servers' mode")
+    if count != config.servers:
+        raise UsageError(f"--servers {config.servers}, but HVDKIT_PS_SERVERS lists {count} server(s): give "
+                         f"--servers {count}")
+    compression = environ.get("HVDKIT_PS_COMPRESSION", "none")
+    if compression != config.compression:
+        raise UsageError(f"--compression {config.compression}, but the servers in HVDKIT_PS_SERVERS compress "
+                         f"with {compression} (HVDKIT_PS_COMPRESSION): give the job the servers' compression")
 
 
 def check(config, world_size):

@@ -54,10 +54,27 @@ def save(config, position, pipe, totals, hvd, topology):
     resume.save(config, position, shared, local, CODEC, hvd, topology)
 
 
+def check_chunks(shared, config):
+    """Each rank's file holds its model chunks: one under gpipe and 1f1b, two under interleaved and
+    zero-bubble, so a resume may change --schedule only within one of those kinds (the pipelining
+    order is not in the state). --microbatches may change: each micro-batch's loss is divided by their
+    number, so a step's gradient, and so everything saved, is the same for any (the models a pipeline
+    takes, mlp and cnn, have no batch statistics)."""
+    import hvdkit.torch.pipeline as pp
+
+    before, now = resume.saved_value(shared["config"], config, "schedule"), config.schedule
+    per_rank = {name: pp.stage.DEFAULT_VIRTUAL_STAGES if several else 1 for name, (_, several) in pp.SCHEDULES.items()}
+    if per_rank.get(before) != per_rank[now]:
+        resume.refuse_change(config.checkpoint, "schedule", before, now,
+                             f" ({per_rank.get(before)} model chunk(s) per rank against {per_rank[now]})")
+
+
 def restore(config, pipe, hvd, topology):
     found = resume.load(config, CODEC, hvd, topology)
     if found is None:
         return None
+    resume.check_saved(found[0], config)  # the flags first: --pipeline-stages before the chunks per rank
+    check_chunks(found[0], config)
     position, totals = torch_state.restore(*found, config, pipe.modules, pipe.optimizer)
     return position, (None if totals is None else EpochTotals.from_dict(totals))
 

@@ -10,14 +10,18 @@ import dataclasses
 from hvdkit.state import checkpoint
 from hvdkit.state.checkpoint import CheckpointError
 
-__all__ = ["FORMAT", "MUST_MATCH", "Position", "check_config", "check_saved", "load", "save"]
+__all__ = ["FORMAT", "MUST_MATCH", "Position", "check_config", "check_saved", "load", "refuse_change", "save",
+           "saved_value"]
 
 FORMAT = 1  # of the shared payload both loops write
 
 # Flags whose change would make the saved state mean something else (the data position, the
-# optimizer's hyperparameters restored from the checkpoint, the exchange state's layout).
+# optimizer's hyperparameters restored from the checkpoint, the exchange state's layout, which layers
+# each rank's file holds: a K-stage pipeline saves each rank's own stage). --microbatches and
+# --schedule may change (see hvdkit.training.pipeline_loop.check_chunks for the one exception): the
+# loss of each micro-batch is divided by their number, so a step's gradient is the same for any.
 MUST_MATCH = ("model", "dataset", "seed", "batch_size", "lr", "momentum", "compression", "hierarchical",
-              "ranks_per_node", "average_every", "average_warmup")
+              "ranks_per_node", "average_every", "average_warmup", "pipeline_stages")
 
 
 @dataclasses.dataclass
@@ -29,14 +33,26 @@ class Position:
     global_step: int = 0  # optimizer steps since the start of training (names the checkpoint)
 
 
+def refuse_change(directory, name, before, now, why=""):
+    flag = "--" + name.replace("_", "-")
+    raise CheckpointError(f"the checkpoint in {directory!r} was saved with {flag} {before}, this run has "
+                          f"{flag} {now}{why}: resume with the same value, or use a new --checkpoint directory")
+
+
+def saved_value(saved, config, name):
+    """The flag's value in a checkpoint's config; the flag's default where the checkpoint predates it
+    (that run behaved as the default does, e.g. --pipeline-stages 1)."""
+    if name in saved:
+        return saved[name]
+    return {f.name: f.default for f in dataclasses.fields(config)}[name]
+
+
 def check_config(saved, config, directory):
     """Refuse to resume under flags that change what the saved state means, naming the flag."""
     for name in MUST_MATCH:
-        before, now = saved.get(name), getattr(config, name)
+        before, now = saved_value(saved, config, name), getattr(config, name)
         if before != now:
-            flag = "--" + name.replace("_", "-")
-            raise CheckpointError(f"the checkpoint in {directory!r} was saved with {flag} {before}, this run has "
-                                  f"{flag} {now}: resume with the same value, or use a new --checkpoint directory")
+            refuse_change(directory, name, before, now)
 
 
 def check_saved(shared, config):

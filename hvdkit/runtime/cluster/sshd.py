@@ -15,6 +15,7 @@ from hvdkit.errors import UsageError
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = "/run/sshd"  # sshd refuses to start without its privilege-separation directory
+ALIVE_INTERVAL_S, ALIVE_COUNT = 5, 3  # an ssh session silent for 15 s is lost, on both ends
 
 
 def check_tools():
@@ -49,6 +50,10 @@ def server_config(ssh_dir, pid_file):
         "StrictModes no",
         "MaxStartups 100",   # mpirun and horovodrun open many sessions at once on wide jobs
         "MaxSessions 100",
+        # A node whose link is lost drops its sessions, so what they started (Open MPI's daemon,
+        # horovodrun's tasks) ends, rather than waiting for a launcher it can no longer reach.
+        f"ClientAliveInterval {ALIVE_INTERVAL_S}",
+        f"ClientAliveCountMax {ALIVE_COUNT}",
         "",
     ])
 
@@ -70,6 +75,11 @@ def client_config(layout, ssh_dir):
         "  UserKnownHostsFile /dev/null",
         "  LogLevel ERROR",
         "  ConnectTimeout 5",
+        # mpirun and horovodrun reach each node's daemons through ssh: a session that stops
+        # answering ends ssh (exit 255), and its launcher then ends the job, naming the node.
+        # Without this a cut link left the job waiting on TCP for good.
+        f"  ServerAliveInterval {ALIVE_INTERVAL_S}",
+        f"  ServerAliveCountMax {ALIVE_COUNT}",
         "",
     ]
     return "\n".join(lines)

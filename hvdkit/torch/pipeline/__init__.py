@@ -1,9 +1,9 @@
 """Pipeline model parallelism inside a Horovod job, with data parallelism across stage replicas.
 
 A job of ``K x R`` ranks runs R copies of a K-stage pipeline. PyTorch's ``torch.distributed.pipelining``
-moves the micro-batches between stages (GPipe, 1F1B, interleaved 1F1B) over a gloo group that hvdkit
-starts from the launcher's ranks; each stage's R replicas average their gradients through hvdkit's
-``DistributedOptimizer`` on that stage's Horovod process set::
+moves the micro-batches between stages (GPipe, 1F1B, interleaved 1F1B, interleaved zero bubble) over a
+gloo group that hvdkit starts from the launcher's ranks; each stage's R replicas average their gradients
+through hvdkit's ``DistributedOptimizer`` on that stage's Horovod process set::
 
     import hvdkit.torch.pipeline as pp
     pipe = pp.build(nn.Sequential(...), lambda params: torch.optim.SGD(params, lr=0.1),

@@ -33,8 +33,44 @@ SCHEDULES = {
     "gpipe": (pipelining.ScheduleGPipe, False),
     "1f1b": (pipelining.Schedule1F1B, False),
     "interleaved": (pipelining.ScheduleInterleaved1F1B, True),
+    # ZB1P of Qi et al. (arXiv 2401.10241) on the interleaved layout: the backward is split into the input
+    # gradient (on the critical path) and the weight gradient (filling the bubble). Its weight passes write
+    # ``.grad`` directly, past the post-accumulate hooks, so except for the model's first chunk the
+    # replicas' exchange of a chunk's gradients starts at optimizer.step() instead of during the drain.
+    "zero-bubble": (pipelining.ScheduleInterleavedZeroBubble, True),
 }
-DEFAULT_VIRTUAL_STAGES = 2  # model chunks per rank under the interleaved schedule
+SPLIT_BACKWARD = {"zero-bubble"}  # schedules whose chunks compute input and weight gradients in separate passes
+DEFAULT_VIRTUAL_STAGES = 2  # model chunks per rank under the multi-chunk schedules (interleaved, zero-bubble)
+
+
+class _RequiresGrad(nn.Module):
+    """A chunk whose output requires grad although nothing before it is trained (e.g. a first chunk of
+    ``nn.Flatten()``). PyTorch's split backward (torch 2.13) finds a chunk's weights through the graph of
+    its received input, and takes the weights of a chunk whose input does not require grad directly only
+    on the first chunk: the next chunk, receiving a tensor without grad, would get no weight gradients
+    at all. Marking the activation makes that chunk's backward find them (at the cost of one unused
+    input gradient sent back)."""
+
+    def __init__(self, chunk):
+        super().__init__()
+        self.chunk = chunk
+
+    def forward(self, *args):
+        out = self.chunk(*args)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad:
+            out = out.detach().requires_grad_()
+        return out
+
+
+def _engine_modules(chunks, schedule):
+    """The modules PyTorch's stages run: the chunks, with those before the first trained parameter wrapped
+    in :class:`_RequiresGrad` under a split-backward schedule (the chunks themselves, and so checkpoints,
+    are unchanged)."""
+    if schedule not in SPLIT_BACKWARD:
+        return list(chunks)
+    trained = [any(p.requires_grad for p in chunk.parameters()) for chunk in chunks]
+    first = trained.index(True) if any(trained) else len(chunks)
+    return [_RequiresGrad(chunk) if i < first else chunk for i, chunk in enumerate(chunks)]
 
 
 class Pipeline:
@@ -93,23 +129,24 @@ def _check_arguments(schedule, microbatches, virtual_stages, stages, split):
         raise ValueError(f"schedule={schedule!r}; choose one of {', '.join(map(repr, SCHEDULES))}")
     if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
         raise ValueError(f"microbatches must be a positive integer, got {microbatches!r}")
-    interleaved = SCHEDULES[schedule][1]
+    multi_chunk = SCHEDULES[schedule][1]
     if virtual_stages is None:
-        virtual_stages = DEFAULT_VIRTUAL_STAGES if interleaved else 1
+        virtual_stages = DEFAULT_VIRTUAL_STAGES if multi_chunk else 1
     if isinstance(virtual_stages, bool) or not isinstance(virtual_stages, int) or virtual_stages < 1:
         raise ValueError(f"virtual_stages must be a positive integer, got {virtual_stages!r}")
-    if interleaved and virtual_stages < 2:
-        raise ValueError(f"schedule='interleaved' runs several model chunks per rank: virtual_stages must be "
+    if multi_chunk and virtual_stages < 2:
+        raise ValueError(f"schedule={schedule!r} runs several model chunks per rank: virtual_stages must be "
                          f">= 2, got {virtual_stages}")
-    if not interleaved and virtual_stages != 1:
+    if not multi_chunk and virtual_stages != 1:
+        multi = " or ".join(repr(name) for name, (_, several) in SCHEDULES.items() if several)
         raise ValueError(f"schedule={schedule!r} runs one model chunk per rank: virtual_stages must be 1, got "
-                         f"{virtual_stages} (use schedule='interleaved' for several)")
+                         f"{virtual_stages} (use schedule={multi} for several)")
     if schedule == "1f1b" and microbatches < stages:
         raise ValueError(f"schedule='1f1b' needs at least as many micro-batches as stages: microbatches="
                          f"{microbatches} < stages={stages}")
     rounds = max(1, microbatches // stages)
-    if interleaved and microbatches % rounds:
-        raise ValueError(f"schedule='interleaved' runs the micro-batches in rounds of about {stages} (the stages): "
+    if multi_chunk and microbatches % rounds:
+        raise ValueError(f"schedule={schedule!r} runs the micro-batches in rounds of about {stages} (the stages): "
                          f"microbatches={microbatches} must be a multiple of {rounds} rounds "
                          f"(e.g. a multiple of {stages})")
     return virtual_stages
@@ -182,8 +219,9 @@ def build(model, optimizer, *, stages, microbatches, schedule="1f1b", loss_fn=F.
       ``"params"`` or ``"time"`` on the ``example`` batch), or that many modules, already cut. Every rank
       builds the whole model the same way (same seed); each keeps its chunks.
     * ``optimizer``: ``params -> torch.optim.Optimizer``, called with this rank's chunks' parameters.
-    * ``schedule``: ``"gpipe"``, ``"1f1b"`` or ``"interleaved"`` (``virtual_stages`` chunks per rank,
-      default 2); ``microbatches``: how many pieces each replica's batch is cut into.
+    * ``schedule``: ``"gpipe"``, ``"1f1b"``, ``"interleaved"`` or ``"zero-bubble"`` (the last two hold
+      ``virtual_stages`` chunks per rank, default 2); ``microbatches``: how many pieces each replica's batch
+      is cut into.
     * ``loss_fn(output, target)``: a mean over the micro-batch (divided by ``microbatches`` here).
     * ``compression`` and ``optimizer_options`` (``fusion_mb``, ``nonfinite``, ...) go to hvdkit's
       ``DistributedOptimizer`` on the stage's replicas (flat: ``hierarchical`` is refused there).
@@ -204,7 +242,8 @@ def build(model, optimizer, *, stages, microbatches, schedule="1f1b", loss_fn=F.
     rank_status.note_role(layout.describe())  # a failure report of hvdkit run names the stage
     groups.init_process_group(hvd, timeout)
     group = groups.pipeline_group(layout)
-    torch_stages = [pipelining.PipelineStage(all_chunks[i], i, num_chunks, torch.device("cpu"), group=group)
+    engine_modules = _engine_modules(all_chunks, schedule)
+    torch_stages = [pipelining.PipelineStage(engine_modules[i], i, num_chunks, torch.device("cpu"), group=group)
                     for i in mine]
     cls, multi = SCHEDULES[schedule]
 

@@ -16,7 +16,7 @@ import hvdkit.torch.pipeline as pp
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.uneven_ops]
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved")
+SCHEDULES = tuple(pp.SCHEDULES)  # gpipe, 1f1b, interleaved, zero-bubble
 STEPS = 3
 GLOBAL_BATCH = 16
 MICROBATCHES = 4
@@ -59,6 +59,13 @@ def by_hand(layers, count):
     return [nn.Sequential(*layers[i * per:(i + 1) * per]) for i in range(count)]
 
 
+def flatten_first(layers, count):
+    """A first chunk without parameters (a Flatten: a no-op on these inputs, as in hvdkit train's mlp), then
+    the layers in ``count - 1`` chunks."""
+    bounds = [round(LAYERS * k / (count - 1)) for k in range(count)]
+    return [nn.Sequential(nn.Flatten())] + [nn.Sequential(*layers[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
 def global_batches():
     g = torch.Generator().manual_seed(1)
     return [(torch.randn(GLOBAL_BATCH, 6, generator=g), torch.randint(0, 3, (GLOBAL_BATCH,), generator=g))
@@ -82,9 +89,9 @@ def single_process(replica, replicas):
     return list(model), slice_losses
 
 
-def train_pipeline(schedule, stages, compression="none"):
-    virtual = 2 if schedule == "interleaved" else 1
-    pipe = pp.build(by_hand(make_layers(), stages * virtual),
+def train_pipeline(schedule, stages, compression="none", cut=by_hand):
+    virtual = 2 if pp.SCHEDULES[schedule][1] else 1  # the multi-chunk schedules: 2 chunks per rank
+    pipe = pp.build(cut(make_layers(), stages * virtual),
                     lambda params: torch.optim.SGD(params, lr=LR, momentum=MOMENTUM),
                     stages=stages, microbatches=MICROBATCHES, schedule=schedule, compression=compression)
     n = GLOBAL_BATCH // pipe.layout.replicas
@@ -93,8 +100,8 @@ def train_pipeline(schedule, stages, compression="none"):
     return pipe, losses
 
 
-def expected_chunks(pipe, layers):
-    chunks = by_hand(layers, pipe.num_chunks)
+def expected_chunks(pipe, layers, cut=by_hand):
+    chunks = cut(layers, pipe.num_chunks)
     return [chunks[i] for i in pipe.chunks]
 
 
@@ -112,11 +119,22 @@ def assert_replicas_identical(pipe):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_pipeline_equals_single_process_training(schedule):
+    assert_trains_as_one_process(schedule, by_hand)
+
+
+@pytest.mark.parametrize("schedule", [name for name, (_, several) in pp.SCHEDULES.items() if several])
+def test_the_chunk_after_a_parameterless_first_chunk_trains(schedule):
+    """PyTorch's zero-bubble weight pass gives no weight gradients to a chunk whose received input does not
+    require grad (after a first chunk without parameters); hvdkit marks that activation."""
+    assert_trains_as_one_process(schedule, flatten_first)
+
+
+def assert_trains_as_one_process(schedule, cut):
     stages = stage_count(world_size())
-    pipe, losses = train_pipeline(schedule, stages)
+    pipe, losses = train_pipeline(schedule, stages, cut=cut)
     layers, slice_losses = single_process(pipe.layout.replica, pipe.layout.replicas)
-    initial = expected_chunks(pipe, make_layers())
-    for got, want, start in zip(pipe.modules, expected_chunks(pipe, layers), initial):
+    initial = expected_chunks(pipe, make_layers(), cut)
+    for got, want, start in zip(pipe.modules, expected_chunks(pipe, layers, cut), initial):
         for p, q, p0 in zip(got.parameters(), want.parameters(), start.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
             assert (p - p0).abs().max() > 1e-3, "the parameters did not move"

@@ -95,6 +95,7 @@ def test_local_steps_put_parameters_and_momentum_in_each_ranks_file():
     ("compression", "topk:0.01", "was saved with --compression none, this run has --compression topk:0.01"),
     ("average_every", 4, "was saved with --average-every None, this run has --average-every 4"),
     ("lr", 0.1, "was saved with --lr 0.05, this run has --lr 0.1"),
+    ("pipeline_stages", 2, "was saved with --pipeline-stages 1, this run has --pipeline-stages 2"),
 ])
 def test_a_changed_flag_is_refused_by_name(flag, value, message):
     model, optimizer = build()
@@ -103,6 +104,40 @@ def test_a_changed_flag_is_refused_by_name(flag, value, message):
     changed = train_config.TrainConfig(checkpoint="ckpt", **{flag: value})
     with pytest.raises(CheckpointError, match=f"checkpoint in 'ckpt' {message}: resume with the same value"):
         torch_state.restore(shared, local, changed, *build())
+
+
+def test_a_checkpoint_older_than_a_flag_holds_its_default():
+    """Checkpoints written before --pipeline-stages existed lack the key: that run had 1 stage."""
+    model, optimizer = build()
+    shared, local = torch_state.capture(train_config.TrainConfig(checkpoint="ckpt"), model, optimizer,
+                                        Position(epoch=1, global_step=5), None, world_size=2)
+    del shared["config"]["pipeline_stages"]
+    position, _ = torch_state.restore(shared, local, train_config.TrainConfig(checkpoint="ckpt"), *build())
+    assert position == Position(epoch=1, global_step=5)
+    with pytest.raises(CheckpointError, match="was saved with --pipeline-stages 1, this run has --pipeline-stages 4"):
+        torch_state.restore(shared, local, train_config.TrainConfig(checkpoint="ckpt", pipeline_stages=4), *build())
+
+
+@pytest.mark.parametrize("saved, resumed, refused", [
+    ({"schedule": "gpipe", "microbatches": 4}, {"schedule": "1f1b", "microbatches": 8}, None),
+    ({"schedule": "interleaved"}, {"schedule": "zero-bubble", "microbatches": 2}, None),
+    ({"schedule": "gpipe"}, {"schedule": "interleaved"},
+     r"saved with --schedule gpipe, this run has --schedule interleaved \(1 model chunk\(s\) per rank against 2\)"),
+    ({"schedule": "zero-bubble"}, {"schedule": "1f1b"}, r"\(2 model chunk\(s\) per rank against 1\)"),
+])
+def test_a_pipeline_resumes_under_another_schedule_of_the_same_chunks_per_rank(saved, resumed, refused):
+    """--microbatches and --schedule leave a step's gradient as it was; the chunks each rank's file
+    holds (1 under gpipe and 1f1b, 2 under interleaved and zero-bubble) must stay."""
+    from hvdkit.training import pipeline_loop
+
+    config = train_config.TrainConfig(checkpoint="ckpt", pipeline_stages=2, **saved)
+    shared = {"config": dict(vars(config))}
+    again = train_config.TrainConfig(checkpoint="ckpt", pipeline_stages=2, **resumed)
+    if refused is None:
+        pipeline_loop.check_chunks(shared, again)
+    else:
+        with pytest.raises(CheckpointError, match=refused):
+            pipeline_loop.check_chunks(shared, again)
 
 
 def test_more_epochs_may_be_added_on_resume():

@@ -1,0 +1,185 @@
+"""``hvdkit train --mode ps``'s flag checks (before any rank or server starts), the metrics it adds to an
+epoch's record, and where its servers listen."""
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from hvdkit.cli import train as train_cli
+from hvdkit.errors import UsageError
+from hvdkit.ps import launch
+from hvdkit.training import config as train_config
+from hvdkit.training import ps_loop
+
+DIGITS_TRAIN = 1438
+
+
+def make(tmp_path, **overrides):
+    return train_config.TrainConfig(log_dir=str(tmp_path), **overrides)
+
+
+def validate(config, world_size=2, environ=None):
+    train_config.validate(config, world_size, DIGITS_TRAIN, environ={} if environ is None else environ)
+
+
+@pytest.mark.parametrize("update", ["sync", "ssp:0", "ssp:3", "async", "async:scaled", "backup:1", "backup:3"])
+def test_every_update_mode_is_accepted(tmp_path, update):
+    validate(make(tmp_path, mode="ps", update=update), world_size=4)
+
+
+@pytest.mark.parametrize("compression", ["none", "fp16", "bf16", "int8", "topk:0.01", "randomk:0.1", "onebit"])
+def test_the_servers_compressors_are_accepted(tmp_path, compression):
+    validate(make(tmp_path, mode="ps", compression=compression, servers=1))
+
+
+@pytest.mark.parametrize("overrides, world, message", [
+    ({"update": "backup:2"}, 2, r"--update backup:2: B must be less than the number of workers \(-np 2\)"),
+    ({"update": "backup:4"}, 4, r"--update backup:4: B must be less than the number of workers \(-np 4\)"),
+    ({"servers": 0}, 2, "--servers must be >= 1 with --mode ps, got 0"),
+    ({"servers": -3}, 2, "--servers must be >= 1 with --mode ps, got -3"),
+    ({"hierarchical": True, "ranks_per_node": 2}, 4, "--mode ps with --hierarchical: there is no allreduce"),
+    ({"hierarchical": True}, 4, "--mode ps with --hierarchical: "),  # named before the one-node complaint
+    ({"pipeline_stages": 2}, 2, "--mode ps with --pipeline-stages 2: "),
+    ({"average_every": 4}, 2, "--mode ps with --average-every 4: "),
+    ({"checkpoint": "CKPT"}, 2, "--mode ps with --checkpoint .*CKPT: .*hvdkit ps serve --checkpoint"),
+    ({"compression": "powersgd:4"}, 2, "--mode ps with --compression powersgd:4: the parameter servers compress "
+                                       "pushes and pulls with none, fp16, bf16, int8, topk, randomk, onebit"),
+    ({"compression": "gzip"}, 2, "--compression: .*gzip"),
+    ({"update": "sometimes"}, 2, "--update sometimes: unknown update mode 'sometimes'; valid modes: sync, ssp:S "
+                                 r"\(S >= 0\), async, async:scaled, backup:B \(B >= 1\)"),
+    ({"update": "ssp"}, 2, "--update ssp: unknown update mode 'ssp'; valid modes: sync, "),
+    ({"update": "ssp:x"}, 2, "--update ssp:x: .*must be an integer >= 0; valid modes: sync, "),
+    ({"update": "backup:0"}, 2, "--update backup:0: .*must be an integer >= 1; valid modes: "),
+    ({"update": "async:fast"}, 2, "--update async:fast: unknown update mode"),
+])
+def test_bad_combinations_are_named(tmp_path, overrides, world, message):
+    if "checkpoint" in overrides:
+        overrides = dict(overrides, checkpoint=str(tmp_path / "CKPT"))
+    with pytest.raises(UsageError, match=message):
+        validate(make(tmp_path, mode="ps", **overrides), world_size=world)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"servers": 3}, r"--servers 3 needs --mode ps \(with --mode allreduce there are no servers\)"),
+    ({"update": "async"}, "--update async needs --mode ps"),
+])
+def test_server_flags_without_mode_ps_are_refused(tmp_path, overrides, message):
+    with pytest.raises(UsageError, match=message):
+        validate(make(tmp_path, **overrides))
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_elastic_is_refused_before_anything_starts(tmp_path):
+    args = parse(["--mode", "ps", "--elastic", "--log-dir", str(tmp_path)])
+    with pytest.raises(UsageError, match="--mode ps with --elastic: "):
+        train_cli.main(args)
+
+
+def test_the_flags_reach_the_ranks(tmp_path):
+    config = make(tmp_path, mode="ps", servers=3, update="ssp:2", np=4)
+    back = train_config.from_args(parse(train_config.to_argv(config)))
+    assert (back.mode, back.servers, back.update) == ("ps", 3, "ssp:2")
+    assert "--mode" not in train_config.to_argv(make(tmp_path))  # the allreduce job's argv is unchanged
+
+
+LAUNCHED = {"OMPI_COMM_WORLD_SIZE": "2", "HVDKIT_PS_SERVERS": "tcp://127.0.0.1:1,tcp://127.0.0.1:2",
+            "HVDKIT_PS_MODE": "sync", "HVDKIT_PS_COMPRESSION": "none"}
+
+
+@pytest.mark.parametrize("overrides, environ, message", [
+    ({"update": "async"}, {}, "--update async, but the servers in HVDKIT_PS_SERVERS run sync"),
+    ({"servers": 1}, {}, "--servers 1, but HVDKIT_PS_SERVERS lists 2 server"),
+    ({"compression": "fp16"}, {}, "--compression fp16, but the servers in HVDKIT_PS_SERVERS compress with none"),
+    ({"update": "ssp:1"}, {"HVDKIT_PS_MODE": "ssp:2"}, "--update ssp:1, but the servers .* run ssp:2"),
+])
+def test_given_servers_must_match_the_flags(tmp_path, overrides, environ, message):
+    validate(make(tmp_path, mode="ps"), environ=LAUNCHED)  # matching: accepted
+    with pytest.raises(UsageError, match=message):
+        validate(make(tmp_path, mode="ps", **overrides), environ=dict(LAUNCHED, **environ))
+
+
+# --- the record's parameter-server fields, against the sums done here ------------------------------------
+def worker(clock, steps, dropped, received, answers, total, worst):
+    return {"clock": clock, "steps": steps, "dropped": dropped, "bytes_received": received,
+            "staleness_count": answers, "staleness_sum": total, "staleness_max": worst}
+
+
+def test_ps_fields_sum_the_workers(tmp_path):
+    gathered = [worker(40, 23, 3, 2300, 23, 46, 5), worker(45, 23, 0, 4600, 20, 10, 2), worker(44, 23, 1, 0, 0, 0, 0)]
+    fields = ps_loop.ps_fields(make(tmp_path, mode="ps", update="backup:1", servers=2), gathered)
+    assert fields["worker_clocks"] == [40, 45, 44]
+    assert (fields["clock_min"], fields["clock_max"]) == (40, 45)
+    assert fields["worker_staleness"] == [2.0, 0.5, 0.0]
+    assert fields["worker_staleness_max"] == [5, 2, 0]
+    assert fields["staleness_mean"] == pytest.approx(56 / 43)
+    assert fields["staleness_max"] == 5
+    assert fields["worker_dropped"] == [3, 0, 1]
+    assert fields["dropped_updates"] == 4
+    assert fields["bytes_received_per_step"] == pytest.approx(6900 / 69)
+    assert (fields["update"], fields["servers"]) == ("backup:1", 2)
+    line = ps_loop.format_epoch(dict(fields, epoch=0, loss=1.0, test_accuracy=0.5, samples_per_sec=10.0,
+                                     samples_per_sec_per_rank=5.0, bytes_per_step=100.0, compression_ratio=1.0))
+    assert line.endswith("clock 40..45  staleness 1.30 (max 5)  dropped 4")
+
+
+# --- where the servers listen ---------------------------------------------------------------------------
+def test_servers_of_a_one_host_job_listen_on_loopback():
+    assert launch.listen_host(["localhost"], environ={}) == "127.0.0.1"
+    assert launch.listen_host(["localhost", "127.0.0.1"], environ={}) == "127.0.0.1"
+    assert launch.listen_host(["node7"], environ={launch.HOST_ENV: "10.1.2.3"}) == "10.1.2.3"
+
+
+def test_servers_of_a_multi_host_job_listen_where_the_route_to_the_hosts_starts():
+    target = "192.0.2.1"  # TEST-NET-1: routed like any other host, never answered
+    if not shutil.which("ip"):
+        pytest.skip("no ip tool to ask the kernel's routing table independently")
+    route = subprocess.run(["ip", "-o", "route", "get", target], capture_output=True, text=True)
+    found = re.search(r"\bsrc (\S+)", route.stdout)
+    if route.returncode or not found:
+        pytest.skip(f"no route to {target} here: {route.stderr.strip()}")
+    assert launch.listen_host(["localhost", target], environ={}) == found.group(1)
+
+
+def test_an_unresolvable_host_is_named():
+    with pytest.raises(ValueError, match="host 'no-such-host.invalid' does not resolve.*HVDKIT_PS_HOST"):
+        launch.listen_host(["no-such-host.invalid"], environ={})
+
+
+# --- a worker's staleness, against the servers' update counts it was sent ---------------------------------
+def test_a_workers_staleness_counts_the_others_updates_between_its_pulls():
+    from hvdkit.ps.worker import PSWorker
+
+    ps = PSWorker(8, "async", ["tcp://127.0.0.1:9"], 0, startup_timeout=1.0)  # connects lazily: no server needed
+    try:
+        ps.updates = 3  # what its join was told
+        for updates in (4, 7, 8, 12):  # its own update, then 2, 0 and 3 of the others' besides its own
+            ps._observe({0: ({"updates": updates}, []), 1: ({"updates": updates}, [])})
+        assert ps.staleness == [4, 0 + 2 + 0 + 3, 3]
+        assert ps.stats()["staleness_sum"] == 5 and ps.stats()["staleness_max"] == 3
+    finally:
+        ps.client.close()
+
+
+def test_servers_for_the_emulated_clusters_nodes_listen_on_its_bridge():
+    """With ``hvdkit cluster up``'s nodes as hosts, the route to them starts at the bridge (cluster layout)."""
+    from hvdkit.runtime import cluster
+    from hvdkit.runtime.cluster.layout import DEFAULT_DIR
+
+    record = cluster.load(os.environ.get("HVDKIT_CLUSTER_DIR", DEFAULT_DIR))
+    if record is None:
+        pytest.skip("no emulated cluster is up (hvdkit cluster up)")
+    layout = record["layout"]
+    try:
+        socket.gethostbyname(layout.hostnames[0])
+    except OSError:
+        pytest.skip(f"the cluster's node names do not resolve here: {layout.hostnames[0]}")
+    assert launch.listen_host(layout.hostnames, environ={}) == layout.bridge_address
