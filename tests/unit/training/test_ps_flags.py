@@ -1,10 +1,8 @@
 """``hvdkit train --mode ps``'s flag checks (before any rank or server starts), the metrics it adds to an
 epoch's record, and where its servers listen."""
 import argparse
-import os
 import re
 import shutil
-import socket
 import subprocess
 
 import pytest
@@ -168,18 +166,3 @@ def test_a_workers_staleness_counts_the_others_updates_between_its_pulls():
     finally:
         ps.client.close()
 
-
-def test_servers_for_the_emulated_clusters_nodes_listen_on_its_bridge():
-    """With ``hvdkit cluster up``'s nodes as hosts, the route to them starts at the bridge (cluster layout)."""
-    from hvdkit.runtime import cluster
-    from hvdkit.runtime.cluster.layout import DEFAULT_DIR
-
-    record = cluster.load(os.environ.get("HVDKIT_CLUSTER_DIR", DEFAULT_DIR))
-    if record is None:
-        pytest.skip("no emulated cluster is up (hvdkit cluster up)")
-    layout = record["layout"]
-    try:
-        socket.gethostbyname(layout.hostnames[0])
-    except OSError:
-        pytest.skip(f"the cluster's node names do not resolve here: {layout.hostnames[0]}")
-    assert launch.listen_host(layout.hostnames, environ={}) == layout.bridge_address
