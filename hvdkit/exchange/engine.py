@@ -9,14 +9,17 @@ progress moves on together) and waits for them all in ``step()``
 (``as_completed``: whichever finishes first is handled first). A transport starts
 the requests: ``HorovodTransport`` on real ranks
 (:mod:`hvdkit.exchange.simulate` has one for many ranks in one process).
+A wait polls with ``sched_yield`` across hosts and sleeps between polls on
+one host (:func:`as_completed` says why).
 """
 import os
 import time
 
 __all__ = ["Flight", "HorovodTransport", "as_completed"]
 
-# as_completed: yield-poll this long after any flight moved on, then sleep this fraction of
-# the time waited so far, at least _MIN_SLEEP_S (see as_completed for why).
+# as_completed: yield-poll this long after any flight moved on (the whole wait where the transport
+# spins: across hosts), then sleep this fraction of the time waited so far, at least _MIN_SLEEP_S
+# (see as_completed for why).
 _SPIN_S = 1e-3
 _SLEEP_FRACTION = 0.02
 _MIN_SLEEP_S = 20e-6
@@ -24,12 +27,15 @@ _MIN_SLEEP_S = 20e-6
 
 class HorovodTransport:
     """Runs Requests through a Horovod module: its ``*_async`` ops where it has them (torch),
-    the blocking ones otherwise (TensorFlow, whose ops have finished when the call returns)."""
+    the blocking ones otherwise (TensorFlow, whose ops have finished when the call returns).
+    ``spin``: whether a wait keeps polling with ``sched_yield`` instead of sleeping (see
+    :func:`as_completed`); default: when the job spans several hosts (Horovod's ``cross_size() > 1``)."""
 
-    def __init__(self, hvd, gather_object=None):
+    def __init__(self, hvd, gather_object=None, spin=None):
         self.hvd = hvd
         # allgather_object over the exchange's ranks (a process set); default: Horovod's, over the world
         self._gather_object = gather_object or hvd.allgather_object
+        self.spin = _spans_hosts(hvd) if spin is None else bool(spin)
 
     def start(self, request):
         hvd = self.hvd
@@ -56,6 +62,14 @@ class HorovodTransport:
 
     def allgather_object(self, obj):
         return self._gather_object(obj)
+
+
+def _spans_hosts(hvd):
+    """Whether Horovod's ranks run on more than one host (emulated nodes on one host do not count)."""
+    try:
+        return hvd.is_initialized() and hvd.cross_size() > 1
+    except (AttributeError, TypeError, ValueError, RuntimeError):  # a Horovod without cross_size, or not started
+        return False
 
 
 def _output(kind, value):
@@ -125,15 +139,30 @@ def as_completed(flights):
     """Yield ``(key, flight)`` for each flight of the dict ``flights`` as it finishes.
 
     Every flight is polled each round, so all of them progress together: a
-    later bucket's next stage never waits for an earlier bucket's. For the
-    first millisecond after any flight moved on it polls with
-    ``sched_yield``, like ``hvd.synchronize``, so short collectives see no
-    extra latency. After that it sleeps between rounds, each sleep 2 % of the
-    time waited so far (at least 20 us), so completion is noticed at most ~2 %
-    late. A caller that keeps spinning competes for the CPU with Horovod's
-    background thread, which does the work: on the 2-core machine under load
-    from other processes, spinning made 16-64 MiB allreduces 2x slower
-    (benchmarks/README.md, section "allreduce").
+    later bucket's next stage never waits for an earlier bucket's (which is
+    also why it never blocks in ``hvd.synchronize`` on one request: across
+    process sets, a rank blocked there while another of its flights could
+    start its next stage can wait on a rank that waits on it). For the first
+    millisecond after any flight moved on it polls with ``sched_yield``, like
+    ``hvd.synchronize``, so short collectives see no extra latency. After that:
+
+    * on one host it sleeps between rounds, each sleep 2 % of the time waited
+      so far (at least 20 us), so completion is noticed at most ~2 % late. A
+      caller that keeps spinning competes for the CPU with Horovod's
+      background thread, which does the work: on the 2-core machine under
+      load from other processes, spinning made 16-64 MiB allreduces 2x slower
+      (benchmarks/README.md, section "allreduce"), and with 4 ranks as 2
+      emulated nodes (the 25.2 M-parameter MLP of benchmarks/cluster.py, same
+      job) a step ran at 0.54x of Horovod's optimizer against 0.98x sleeping;
+    * across hosts (the transport's ``spin``: Horovod's ``cross_size() > 1``)
+      it keeps polling with ``sched_yield``, as Horovod's optimizer waits in
+      ``hvd.synchronize``. There Open MPI's TCP transport is progressed by
+      Horovod's background thread polling inside MPI, and beside a sleeping
+      main thread that thread took 2.2-2.9x the CPU per step (per-thread
+      counters) on the emulated 2 nodes x 2 ranks sharing 2 cores, CPU the
+      other ranks needed: with the same MLP, same job, a step ran at
+      0.79-0.97x of Horovod's optimizer sleeping and 0.85-1.09x spinning
+      (10 jobs at 100 Mbit/s, 1 Gbit/s and 10 Gbit/s; 9 in favour of spinning).
     """
     waiting = dict(flights)
     started = time.perf_counter()
@@ -152,7 +181,7 @@ def as_completed(flights):
             started = now
             continue
         waited = now - started
-        if waited < _SPIN_S:
+        if waited < _SPIN_S or any(getattr(flight._transport, "spin", False) for flight in waiting.values()):
             os.sched_yield()
         else:
             time.sleep(max(_MIN_SLEEP_S, _SLEEP_FRACTION * waited))

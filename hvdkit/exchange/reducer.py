@@ -31,7 +31,11 @@ the order in which gradients become ready (torch's hooks) holds the first
 step's buckets back until backward has finished and passes that order to
 ``adopt_order`` before launching them: every rank takes rank 0's order, so
 from the second step on communication starts as early as backward allows,
-and every step, the first included, is compressed with the same plan.
+and every step, the first included, is compressed with the same plan. A
+front end that also timed that backward passes the pause before each gradient:
+rank 0's long pauses become bucket boundaries (``hvdkit.exchange.buckets``), so
+a bucket leaves when backward pauses instead of waiting for a gradient that
+the next layer's backward produces much later.
 """
 import logging
 import time
@@ -44,7 +48,7 @@ from hvdkit.compression.seeds import mix
 from hvdkit.compression.state import BucketState
 from hvdkit.exchange import consistency, strategies
 from hvdkit.exchange.auto import AutoChoice
-from hvdkit.exchange.buckets import plan_buckets
+from hvdkit.exchange.buckets import BREAK_PAUSE_S, plan_buckets
 from hvdkit.exchange.cost import prefer_two_phase
 from hvdkit.exchange.engine import Flight, as_completed
 from hvdkit.exchange.options import check_nonfinite
@@ -64,7 +68,7 @@ class Reducer:
     __slots__ = ("infos", "ops", "transport", "links", "compressor", "dense", "spec", "nonfinite", "name",
                  "prescale", "postscale", "buckets", "bucket_of", "steps", "states", "flights", "meter", "last_stats", "_checked",
                  "fusion_bytes", "changed", "buffers", "attempted", "order", "planning", "loss_scale", "excluded", "groups",
-                 "momentum", "auto")
+                 "momentum", "auto", "breaks")
 
     def __init__(self, infos, spec, ops, transport, links, *, fusion_bytes, average, nonfinite="skip", name="opt",
                  plan_from_first_step=False, predivide=1.0, groups=None):
@@ -89,6 +93,7 @@ class Reducer:
         self.fusion_bytes = fusion_bytes  # bucket size cap (must match on every rank)
         self.order = None  # tensor indices in the order the plan takes them (None: reverse registration)
         self.excluded = frozenset()  # tensors the front end exchanges itself (sparse gradients)
+        self.breaks = frozenset()  # tensors after a long pause in the first backward (bucket boundaries)
         self.groups = groups  # Horovod's explicit groups (tuples of tensor indices), or None: fusion_bytes
         self._plan(None)
         self.steps = 0  # exchanges finished (optimizer steps synchronised)
@@ -110,21 +115,23 @@ class Reducer:
         elif self.compressor.advice() and links.world.position == 0:
             _log.warning("hvdkit: %s", self.compressor.advice())
 
-    def _plan(self, order, excluded=()):
+    def _plan(self, order, excluded=(), breaks=()):
         """Bucket plan over the tensors taken in ``order`` (None: reverse registration order), leaving out
-        ``excluded``."""
-        self.order, self.excluded = order, frozenset(excluded)
+        ``excluded``, closing large enough buckets before the tensors in ``breaks``."""
+        self.order, self.excluded, self.breaks = order, frozenset(excluded), frozenset(breaks)
         taken = order if order is not None else list(reversed(range(len(self.infos))))
         self.buckets = plan_buckets(self.infos, self.fusion_bytes, self._compressible,
-                                    [i for i in taken if i not in self.excluded], self.groups)
+                                    [i for i in taken if i not in self.excluded], self.groups, self.breaks)
         self.bucket_of = {slot.index: b.index for b in self.buckets for slot in b.slots}  # tensor -> bucket
         self.buffers = {}
 
-    def adopt_order(self, ready, excluded=()):
+    def adopt_order(self, ready, excluded=(), pauses=None):
         """Before the first launch: rebuild the buckets in the order ``ready`` (tensor indices, as this rank's
         gradients became ready; missing ones go last), leaving out ``excluded`` (tensors the front end
         exchanges itself: sparse gradients), the same on every rank (rank 0's, through one allgather).
-        Returns whether the plan changed."""
+        ``pauses`` (optional, seconds, one per entry of ``ready``): how long backward computed before each
+        gradient became ready; those of at least ``BREAK_PAUSE_S`` become breaks of the plan
+        (``plan_buckets``). Returns whether the plan changed."""
         if not self.planning:
             return False
         if self.flights or self.states:
@@ -132,10 +139,11 @@ class Reducer:
         self.planning = False
         seen = set(ready)
         mine = list(ready) + [i for i in reversed(range(len(self.infos))) if i not in seen]
-        order, excluded = self.transport.allgather_object((mine, sorted(excluded)))[0]
-        if order == list(reversed(range(len(self.infos)))) and not excluded:
+        breaks = sorted(i for i, pause in zip(ready, pauses or ()) if pause >= BREAK_PAUSE_S)
+        order, excluded, breaks = self.transport.allgather_object((mine, sorted(excluded), breaks))[0]
+        if order == list(reversed(range(len(self.infos)))) and not excluded and not breaks:
             return False
-        self._plan(order, excluded)
+        self._plan(order, excluded, breaks)
         return True
 
     def take_momentum(self, optimizer, local_sgd=False):
@@ -400,7 +408,7 @@ class Reducer:
 
     def state_dict(self):
         return {"steps": self.steps, "compression": str(self.spec), "order": self.order,
-                "excluded": sorted(self.excluded), "loss_scale": self.loss_scale,
+                "excluded": sorted(self.excluded), "breaks": sorted(self.breaks), "loss_scale": self.loss_scale,
                 "buckets": {f"{index}:{key}": state.to_dict() for (index, key), state in self.states.items()},
                 **({"auto": self.auto.state_dict()} if self.auto is not None else {})}
 
@@ -412,8 +420,9 @@ class Reducer:
         self.loss_scale = saved.get("loss_scale")
         order = saved.get("order")  # absent in checkpoints written before buckets followed the gradients' order
         excluded = frozenset(saved.get("excluded", ()))
-        if (order is not None and order != self.order) or excluded != self.excluded:
-            self._plan(None if order is None else list(order), excluded)
+        breaks = frozenset(saved.get("breaks", ()))  # absent in checkpoints written before breaks existed
+        if (order is not None and order != self.order) or excluded != self.excluded or breaks != self.breaks:
+            self._plan(None if order is None else list(order), excluded, breaks)
             self.states = {}
         if order is not None or self.steps > 0:
             self.planning = False

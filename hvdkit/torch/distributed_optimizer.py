@@ -12,6 +12,7 @@ averaged gradients back into ``.grad``.
 import contextlib
 import inspect
 import itertools
+import time
 import warnings
 import weakref
 
@@ -64,6 +65,8 @@ class _DistributedOptimizer(ReducerView):
                                 groups=groups)
         self._weight_decay = self._move_momentum(local_sgd is not None)
         self._ready = []  # parameter indices in the order their gradients became ready (first step only)
+        self._pauses = []  # per entry of _ready: seconds backward computed before it (first step only)
+        self._hook_left = None  # when the last gradient hook returned (first step only)
         self._sparse_seen = set()  # parameters whose gradient was sparse in the first step
         self._densified = {}  # parameter index -> sparse_dim of a gradient densified this step (sparse_as_dense)
         self._sparse = SparseExchange(f"hvdkit.{name}", op == hvd.Average, self.process_set)
@@ -108,6 +111,15 @@ class _DistributedOptimizer(ReducerView):
     def _grad_ready(self, p):
         if self.local_phase:
             return
+        if self._reducer.planning:  # time backward between hooks, not the hooks (their first one checks ranks)
+            arrived = time.perf_counter()
+            try:
+                return self._grad_arrived(p, arrived - self._hook_left if self._hook_left is not None else 0.0)
+            finally:
+                self._hook_left = time.perf_counter()
+        return self._grad_arrived(p)
+
+    def _grad_arrived(self, p, pause=0.0):
         self._begin_step()
         index = self._index[id(p)]
         if self._delay[index] <= 0:
@@ -125,6 +137,7 @@ class _DistributedOptimizer(ReducerView):
                 else:
                     self._grad(index)
                 self._ready.append(index)
+                self._pauses.append(pause)
                 return
             if index in self._reducer.excluded:
                 self._sparse.launch(index, p)
@@ -175,7 +188,7 @@ class _DistributedOptimizer(ReducerView):
                 raise ValueError(f"compression {str(reducer.spec)!r} took over SGD's momentum (DGC's momentum "
                                  f"correction), which sparse gradients ({names}) would skip; pass "
                                  f"sparse_as_dense=True, or add mc=0 to the compression spec")
-            reducer.adopt_order(self._ready, sorted(self._sparse_seen))
+            reducer.adopt_order(self._ready, sorted(self._sparse_seen), self._pauses)
             self._missing = [len(b.slots) for b in reducer.buckets]
         for index in reducer.excluded:
             if index not in self._sparse.flights:
@@ -190,7 +203,7 @@ class _DistributedOptimizer(ReducerView):
                 self._params[index].grad = self._params[index].grad.to_sparse(sparse_dim)
         finally:
             self._densified = {}
-            self._ready, self._step_begun = [], False
+            self._ready, self._pauses, self._hook_left, self._step_begun = [], [], None, False
             self._delay = [self.backward_passes_per_step] * len(self._params)
             self._missing = [len(b.slots) for b in reducer.buckets]
         self._skip_update = not finite and reducer.nonfinite == "skip"

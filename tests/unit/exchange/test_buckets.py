@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from hvdkit.exchange.buckets import TensorInfo, describe, plan_buckets
+from hvdkit.exchange.buckets import MIN_SPLIT_BYTES, TensorInfo, describe, plan_buckets, split_bytes
 
 
 def info(name, *shape, dtype="float32", itemsize=4):
@@ -90,3 +90,46 @@ def test_describe_names_sizes_and_kinds():
     text = describe(plan_buckets([info("w", 1024, 256), info("b", 1024)], 2**30, lambda t: len(t.shape) == 2))
     assert "bucket 0: dense float32, 1 tensors" in text
     assert "bucket 1: compressed float32, 1 tensors, 1.00 MiB [w]" in text
+
+
+def wide_mlp_infos():
+    """The cluster benchmark's MLP (1024 -> 4096 -> 4096 -> 1024 -> 10), registration order."""
+    shapes = [(4096, 1024), (4096,), (4096, 4096), (4096,), (1024, 4096), (1024,), (10, 1024), (10,)]
+    return [info(f"p{i}", *shape) for i, shape in enumerate(shapes)]
+
+
+def test_a_break_in_backward_closes_the_bucket_that_would_wait_for_the_next_layer():
+    """Backward produces the 4096x4096 layer's bias (3) long after the layer before it: without the break
+    its 16 KiB join the 16 MiB bucket, which then waits for that layer's whole backward."""
+    tensors = wide_mlp_infos()
+    fusion = 25 * 2**20
+    assert [b.indices for b in plan_buckets(tensors, fusion)] == [(7, 6, 5, 4, 3), (2,), (1, 0)]
+    buckets = plan_buckets(tensors, fusion, breaks={3})
+    assert [b.indices for b in buckets] == [(7, 6, 5, 4), (3,), (2,), (1, 0)]
+    check_partition(tensors, buckets)
+
+
+def test_a_bucket_below_the_split_size_goes_on_filling_at_a_break():
+    tensors = wide_mlp_infos()
+    fusion = 25 * 2**20
+    # before 4 the open bucket holds only the last layer (40 KiB): latency-bound, it waits for the next
+    assert [b.indices for b in plan_buckets(tensors, fusion, breaks={4, 3})][:2] == [(7, 6, 5, 4), (3,)]
+    assert split_bytes(fusion) == fusion // 4
+    assert split_bytes(0) == split_bytes(2**20) == MIN_SPLIT_BYTES  # fusion_bytes=0: one bucket per tensor anyway
+    assert [len(b.slots) for b in plan_buckets(tensors, 0, breaks={3})] == [1] * 8
+
+
+def test_a_break_closes_every_kind_of_bucket_that_is_large_enough():
+    tensors = [info("dense_big", 2**19), info("comp_big", 512, 1024), info("comp_small", 16, 16),
+               info("late", 512, 1024), info("late_dense", 2**19)]
+    compressible = lambda t: len(t.shape) == 2  # noqa: E731
+    order = [0, 1, 2, 3, 4]
+    plain = plan_buckets(tensors, 2**30, compressible, order)
+    assert sorted(b.indices for b in plain) == [(0, 4), (1, 2, 3)]
+    split = plan_buckets(tensors, 2**30, compressible, order, breaks={3})
+    # 2 MiB each: below a quarter of 1 GiB, so nothing closes; with a 4 MiB fusion limit both do
+    assert sorted(b.indices for b in split) == [(0, 4), (1, 2, 3)]
+    split = plan_buckets(tensors, 4 * 2**20, compressible, order, breaks={3})
+    assert [b.indices for b in split][:2] == [(0,), (1, 2)]
+    assert sorted(b.indices for b in split) == [(0,), (1, 2), (3,), (4,)]
+    check_partition(tensors, split)

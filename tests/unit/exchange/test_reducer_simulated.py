@@ -306,3 +306,43 @@ def test_buffers_are_allocated_once(spec, hierarchical):
         for key in states[0]:
             assert len({s[key][0] for s in states}) == 2, f"{key}: residual buffers are not reused"
             assert all(s[key][1] == states[0][key][1] for s in states), f"{key}: decode buffers moved"
+
+
+def test_long_pauses_in_rank_0s_first_backward_become_bucket_boundaries_on_every_rank():
+    """adopt_order's pauses: rank 0's long ones split buckets (hvdkit.exchange.buckets), on every rank alike;
+    the boundaries survive a checkpoint (a fresh reducer loading it plans the same buckets), and a checkpoint
+    without them (older) keeps the plain plan."""
+    from hvdkit.exchange.buckets import BREAK_PAUSE_S
+
+    shapes = [(1024, 1024), (1024,), (2048, 1024), (1024,)]  # 4 MiB, 4 KiB, 8 MiB, 4 KiB
+    infos = [TensorInfo(f"t{i}", shape, "float32", 4) for i, shape in enumerate(shapes)]
+    ready = [3, 2, 1, 0]  # backward order; t1 comes after a long pause (t0/t1's layer computes)
+    world = SimulatedWorld(2)
+
+    def fresh(rank):
+        return Reducer(infos, "none", TorchOps(), world.transport(rank), world.links(rank), fusion_bytes=16 * 2**20,
+                       average=True, name="t", plan_from_first_step=True)
+
+    def body(rank):
+        reducer = fresh(rank)
+        plain = [b.indices for b in reducer.buckets]
+        pauses = [0.0, 0.0, 10 * BREAK_PAUSE_S, 0.0] if rank == 0 else [0.0] * 4  # rank 0's timing decides
+        reducer.adopt_order(ready, (), pauses)
+        split = [b.indices for b in reducer.buckets]
+        saved = reducer.state_dict()
+        restored = fresh(rank)
+        restored.load_state_dict(saved)
+        older = fresh(rank)
+        older.load_state_dict({k: v for k, v in saved.items() if k != "breaks"})
+        mine = [torch.full(shape, float(rank + 1)) for shape in shapes]
+        for b in restored.buckets:
+            restored.launch(b.index, [mine[s.index] for s in b.slots])
+        results, finite = restored.finish()
+        return plain, split, [b.indices for b in restored.buckets], [b.indices for b in older.buckets], finite, \
+            all(torch.all(flat == 1.5) for flat in results.values())
+
+    for plain, split, restored, older, finite, averaged in world.run(body):
+        assert plain == [(3, 2, 1, 0)]
+        assert split == [(3, 2), (1, 0)] == restored
+        assert older == [(3, 2, 1, 0)]
+        assert finite and averaged
