@@ -2,7 +2,8 @@
 
     python benchmarks/pipeline.py [--width 1024] [--layers 8] [--microbatch-size 64] [--batch 128]
                                   [--microbatches 1,2,4,8,16] [--schedules gpipe,1f1b,interleaved,zero-bubble]
-                                  [--steps 8] [--repeats 3] [--json out.json] [--plot out.png]
+                                  [--steps 8] [--repeats 3] [--sweeps fixed-microbatch,fixed-batch]
+                                  [--no-baselines] [--wait-idle SECONDS] [--json out.json] [--plot out.png]
 
 One ``hvdkit run -np 2`` job (``--worker``), one torch thread per rank, trains a stack of ``--layers``
 Linear+ReLU layers of ``--width`` as a 2-stage pipeline (``hvdkit.torch.pipeline``; interleaved and
@@ -14,10 +15,12 @@ K-1 of them while the pipeline fills and drains. Each rank measures exactly that
 time of the schedule's step (PyTorch's ``schedule.step``: every micro-batch's forward, backward and
 sends and receives; the optimizer step after it is outside) and, inside it, the wall time spent in its
 stages' compute of a micro-batch (``PipelineStage.forward_one_chunk``, ``backward_one_chunk``,
-``backward_weight_one_chunk``). The bubble is the rest: ``1 - busy / window``. Two sweeps over M:
+``backward_weight_one_chunk``). The bubble is the rest: ``1 - busy / window``. (The previous version
+derived it from the whole step, optimizer included, at a fixed batch: at M = 16 a micro-batch held 8
+samples and what it measured was their per-micro-batch cost, not the schedule.) Two sweeps over M:
 
 * ``fixed-microbatch`` (the bubble against the formula): every micro-batch holds ``--microbatch-size``
-  samples (batch = M x 64), so a micro-batch costs the same at every M, and its compute (tens of ms a
+  samples (64: batch = M x 64), so a micro-batch costs the same at every M, and its compute (tens of ms a
   stage) dwarfs one point-to-point hop of its activation (about 1 ms over gloo on loopback, measured
   and reported as ``p2p_hop_s``). This is the schedule's bubble the formula describes.
 * ``fixed-batch`` (the per-micro-batch overhead): the batch stays ``--batch`` samples and is cut into M
@@ -33,19 +36,28 @@ alone are the baselines.
 
 Noise (a shared machine): every configuration runs ``--repeats`` times, in rounds (each round runs
 every configuration once, so a busy spell hits one round of many configurations, not every round of
-one). Within a run each rank takes the medians over the fastest half of ``--steps`` steps (after 2
+one; ``--wait-idle`` starts the job once the machine's CPUs were >= 90 % idle for 2 s). Within a run
+each rank takes the medians over the fastest half of ``--steps`` steps (after 2
 warm-up steps); a record's bubble is the median over rounds of the two stages' mean; throughput is the
-global batch over the fastest step of any round. ``compute_cpu_share`` (CPU time / wall time inside the
-compute calls) says how disturbed a run was: below about 0.9 a rank lost its core while computing,
-which lengthens its busy time and its peer's idle time alike.
+global batch over the fastest step of any round. Two columns say how disturbed a run was:
+``compute_cpu_share`` (CPU time / wall time inside the compute calls: below about 0.9 a rank lost its
+core while computing, which lengthens its busy time and its peer's idle time alike) and ``queued_share``
+(the share of the window a rank was runnable but waiting for a core, from Linux's schedstat: on a
+machine with spare cores it is about 0; every time a rank is woken by a receive on a loaded machine it
+waits here, and that wait counts as bubble).
 
 Records (``--json``): ``sweep``, ``schedule`` (``gpipe``, ``1f1b``, ``interleaved``, ``zero-bubble``;
 baselines ``data-parallel``, ``single``), ``stages``, ``microbatches``, ``microbatch_size``, ``batch``,
 ``bubble_measured``, ``bubble_formula`` (GPipe's; None for baselines), ``bubble_formula_schedule``
 (the schedule's own: 1F1B's is GPipe's, interleaving's (K-1)/(VM+K-1) with V chunks per rank, zero
 bubble's (K-1)/(3VM+K-1), ZB-H1's when forward, input-gradient and weight-gradient passes cost the
-same), ``bubble_per_stage``, ``bubble_rounds``, ``busy_s``, ``idle_s``, ``step_s`` (fastest whole step,
-optimizer included), ``samples_per_s``, ``compute_cpu_share``, ``p2p_hop_s``, ``virtual_stages``.
+same), ``bubble_per_stage``, ``bubble_rounds``, ``busy_s`` and ``idle_s`` (a stage's, per step),
+``busy_s_per_stage``, ``step_s`` (fastest whole step, optimizer included), ``samples_per_s``,
+``compute_cpu_share``, ``queued_share``, ``p2p_post_s`` and ``p2p_wait_s`` (a stage's time per step in
+PyTorch's helpers that post point-to-point operations and wait for them; waiting on the peer is how
+the bubble itself shows), ``p2p_hop_s`` (median hop of this micro-batch's activation),
+``virtual_stages``. The JSON adds ``p2p_hop_s`` by micro-batch rows, ``overhead`` (the fixed-batch
+slopes) and ``target`` (GPipe at M >= 4: measured, formula, met).
 """
 import argparse
 import json
@@ -76,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--sweeps", default=",".join(SWEEPS), help="which sweeps to run (quicker reruns)")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also train data parallel and on one rank at each global batch")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to SECONDS for 2 s in which the machine's CPUs are >= 90%% idle")
     p.add_argument("--json", dest="json_path")
     p.add_argument("--plot", dest="plot_path")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -136,30 +150,51 @@ def best_time(fn, repeats):
     return min(times)
 
 
+def run_delay():
+    """Seconds this thread has been runnable but waiting for a core (Linux schedstat), 0 where unknown."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class Clock:
     """Per step: the schedule's window, and inside it this rank's compute of micro-batches (wall and CPU
-    time), by wrapping PyTorch's methods on the instances."""
+    time), by wrapping PyTorch's methods on the instances; how long in the window this rank waited for a
+    core (``queued``); and the time in PyTorch's helpers that post point-to-point sends and receives and
+    wait for them (``post``, ``wait``: the module's functions, wrapped once per process)."""
 
     COMPUTE = ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk")
+    P2P = {"_batch_p2p": "post", "_wait_batch_p2p": "wait"}
+    current = None  # the clock the p2p helpers report to
 
     def __init__(self, pipe):
+        from torch.distributed.pipelining import schedules
+
         self.reset()
         for stage in pipe.stages:
             for name in self.COMPUTE:
-                setattr(stage, name, self._timed(getattr(stage, name), "busy"))
-        pipe.schedule.step = self._timed(pipe.schedule.step, "window")
+                setattr(stage, name, self._timed(getattr(stage, name), "busy", time.thread_time))
+        pipe.schedule.step = self._timed(pipe.schedule.step, "window", run_delay)
+        if not getattr(schedules, "_bench_clock", False):
+            for name, key in self.P2P.items():
+                setattr(schedules, name, self._timed(getattr(schedules, name), key, time.thread_time, clock=Clock))
+            schedules._bench_clock = True
+        Clock.current = self
 
     def reset(self):
-        self.totals = {"busy": 0.0, "busy_cpu": 0.0, "window": 0.0, "window_cpu": 0.0}
+        self.totals = dict.fromkeys(("busy", "busy_thread_time", "window", "window_run_delay", "post", "wait"), 0.0)
 
-    def _timed(self, method, key):
+    def _timed(self, method, key, also, clock=None):
         def timed(*args, **kwargs):
-            wall, cpu = time.perf_counter(), time.thread_time()
+            wall, other = time.perf_counter(), also()
             try:
                 return method(*args, **kwargs)
             finally:
-                self.totals[key] += time.perf_counter() - wall
-                self.totals[key + "_cpu"] += time.thread_time() - cpu
+                totals = (clock.current if clock is not None else self).totals
+                totals[key] += time.perf_counter() - wall
+                totals[f"{key}_{also.__name__}"] = totals.get(f"{key}_{also.__name__}", 0.0) + also() - other
         return timed
 
 
@@ -186,8 +221,11 @@ def run_pipeline(args, schedule, m, batch):
         return statistics.median(fn(t) for t in calm)
 
     return {"step_s": min(s for s, _ in steps), "busy_s": median(lambda t: t["busy"]),
-            "idle_s": median(lambda t: t["window"] - t["busy"]), "bubble": median(lambda t: 1 - t["busy"] / t["window"]),
-            "cpu_share": median(lambda t: t["busy_cpu"] / t["busy"]), "virtual": len(pipe.stages)}
+            "idle_s": median(lambda t: t["window"] - t["busy"]),
+            "bubble": median(lambda t: 1 - t["busy"] / t["window"]),
+            "cpu_share": median(lambda t: t["busy_thread_time"] / t["busy"]),
+            "queued": median(lambda t: t["window_run_delay"] / t["window"]), "post_s": median(lambda t: t["post"]),
+            "wait_s": median(lambda t: t["wait"]), "virtual": len(pipe.stages)}
 
 
 def p2p_hop(args, rows, trips=30, repeats=5):
@@ -255,8 +293,11 @@ def pipeline_record(key, rounds, hops):
             "batch": batch, "virtual_stages": virtual, "bubble_measured": over_rounds("bubble"),
             "bubble_formula": gpipe, "bubble_formula_schedule": own,
             "bubble_per_stage": [statistics.median(both[r]["bubble"] for both in rounds) for r in range(STAGES)],
+            "busy_s_per_stage": [statistics.median(both[r]["busy_s"] for both in rounds) for r in range(STAGES)],
             "bubble_rounds": [mean("bubble", both) for both in rounds], "busy_s": over_rounds("busy_s"),
             "idle_s": over_rounds("idle_s"), "compute_cpu_share": over_rounds("cpu_share"),
+            "queued_share": over_rounds("queued"), "p2p_post_s": over_rounds("post_s"),
+            "p2p_wait_s": over_rounds("wait_s"),
             "p2p_hop_s": hops[batch // m][1], "step_s": step, "samples_per_s": batch / step}
 
 
@@ -291,9 +332,10 @@ def worker(args):
             baselines.setdefault(name, []).append(took)
     if hvd.rank() == 0:
         records = [pipeline_record(key, rounds[key], hops) for key in runs]
-        records += [{"sweep": "baseline", "schedule": schedule, "stages": 1, "microbatches": 1, "microbatch_size": batch,
-                     "batch": batch, "bubble_measured": None, "bubble_formula": None, "step_s": min(times),
-                     "samples_per_s": batch / min(times)} for (schedule, batch), times in sorted(baselines.items())]
+        records += [{"sweep": "baseline", "schedule": schedule, "stages": 1, "microbatches": 1,
+                     "microbatch_size": batch, "batch": batch, "bubble_measured": None, "bubble_formula": None,
+                     "step_s": min(times), "samples_per_s": batch / min(times)}
+                    for (schedule, batch), times in sorted(baselines.items())]
         with open(args.result, "w") as f:
             json.dump({"records": records, "p2p_hop_s": {str(rows): {"fastest": a, "median": b}
                                                          for rows, (a, b) in hops.items()}}, f)
@@ -319,7 +361,8 @@ def target(records):
     """{M: (measured, formula, met)} of GPipe's fixed-micro-batch bubble at M >= 4."""
     return {r["microbatches"]: (r["bubble_measured"], r["bubble_formula"],
                                 abs(r["bubble_measured"] - r["bubble_formula"]) <= TARGET_POINTS)
-            for r in records if r["sweep"] == "fixed-microbatch" and r["schedule"] == "gpipe" and r["microbatches"] >= 4}
+            for r in records
+            if r["sweep"] == "fixed-microbatch" and r["schedule"] == "gpipe" and r["microbatches"] >= 4}
 
 
 def percent(value):
@@ -331,18 +374,21 @@ def print_tables(result, args):
     print(f"\n2 stages, {args.layers} x Linear({args.width}) + ReLU, 1 thread per rank; bubble: median of "
           f"{args.repeats} rounds")
     print(f"{'sweep':<17}{'schedule':<12}{'M':>3}{'mb':>5}{'batch':>6}{'step ms':>9}{'samples/s':>10}{'busy ms':>9}"
-          f"{'idle ms':>9}{'bubble':>8}{'GPipe':>8}{'own':>7}{'cpu':>6}")
+          f"{'idle ms':>9}{'post':>6}{'wait':>7}{'bubble':>8}{'GPipe':>8}{'own':>7}{'cpu':>6}{'queued':>8}")
     for r in records:
         if r["sweep"] in SWEEPS:
             print(f"{r['sweep']:<17}{r['schedule']:<12}{r['microbatches']:>3}{r['microbatch_size']:>5}{r['batch']:>6}"
                   f"{1000 * r['step_s']:>9.1f}{r['samples_per_s']:>10.0f}{1000 * r['busy_s']:>9.1f}"
-                  f"{1000 * r['idle_s']:>9.1f}{percent(r['bubble_measured']):>8}{percent(r['bubble_formula']):>8}"
-                  f"{percent(r['bubble_formula_schedule']):>7}{r['compute_cpu_share']:>6.2f}")
+                  f"{1000 * r['idle_s']:>9.1f}{1000 * r['p2p_post_s']:>6.1f}{1000 * r['p2p_wait_s']:>7.1f}"
+                  f"{percent(r['bubble_measured']):>8}{percent(r['bubble_formula']):>8}"
+                  f"{percent(r['bubble_formula_schedule']):>7}{r['compute_cpu_share']:>6.2f}"
+                  f"{percent(r['queued_share']):>8}")
     print("\np2p hop (fastest / median): " + ", ".join(f"{rows} x {args.width}: {1000 * h['fastest']:.2f} / "
                                                         f"{1000 * h['median']:.2f} ms"
                                                         for rows, h in result["p2p_hop_s"].items()))
     for schedule, o in result["overhead"].items():
-        print(f"one more micro-batch at batch {o['batch']}, {schedule}: step +{1000 * o['step_s_per_microbatch']:.1f} ms "
+        print(f"one more micro-batch at batch {o['batch']}, {schedule}: "
+              f"step +{1000 * o['step_s_per_microbatch']:.1f} ms "
               f"(a stage's compute +{1000 * o['busy_s_per_microbatch']:.1f}, its idle "
               f"{1000 * o['idle_s_per_microbatch']:+.1f})")
     for m, (measured, formula, met) in result["target"].items():
@@ -355,15 +401,19 @@ def print_tables(result, args):
         best = max((r for r in rows if r["sweep"] in SWEEPS), key=lambda r: r["samples_per_s"])
         base = {r["schedule"]: r["samples_per_s"] for r in rows if r["sweep"] == "baseline"}
         print(f"{batch:>6}{best['schedule'] + ' M=' + str(best['microbatches']):>26}{best['samples_per_s']:>10.0f}"
-              f"{base['data-parallel']:>15.0f}{base['single']:>8.0f}{best['samples_per_s'] / base['data-parallel']:>8.2f}x")
+              f"{base['data-parallel']:>15.0f}{base['single']:>8.0f}"
+              f"{best['samples_per_s'] / base['data-parallel']:>8.2f}x")
 
 
-def plot(records, path):
+def plot(result, path):
+    """The figure of a result (``--json``'s content); GPipe runs of other widths merged in under
+    ``gpipe_target_runs`` are drawn on the bubble panel too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = result["records"]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.5))
     pipes = [r for r in records if r["sweep"] in SWEEPS]
     schedules = list(dict.fromkeys(r["schedule"] for r in pipes))
@@ -387,6 +437,10 @@ def plot(records, path):
                     label=f"{schedule}: step")
         middle.plot([r["microbatches"] for r in batch], [1000 * r["busy_s"] for r in batch], "x:", color=f"C{i}",
                     label=f"{schedule}: a stage's compute")
+    for run, marker in zip(result.get("gpipe_target_runs", []), "s^v"):
+        rows = [r for r in run["records"] if r["schedule"] == "gpipe" and r["sweep"] == "fixed-microbatch"]
+        left.plot([r["microbatches"] for r in rows], [100 * r["bubble_measured"] for r in rows], marker + "--",
+                  color="k", alpha=0.5, label=f"gpipe, width {run['config']['width']} (own run)")
     left.set_title("measured bubble (o: fixed micro-batch, x: fixed batch)")
     middle.set_title(f"fixed batch of {batch[0]['batch']}: step time against M")
     middle.set_ylabel("ms")
@@ -410,7 +464,32 @@ def plot(records, path):
     fig.savefig(path, dpi=100)
 
 
+def cpu_idle(seconds=2.0):
+    """The machine's idle share of CPU time over the next ``seconds`` (Linux /proc/stat), None where unknown."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    try:
+        (idle0, all0), _, (idle1, all1) = sample(), time.sleep(seconds), sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle1 - idle0) / max(1, all1 - all0)
+
+
+def wait_idle(limit):
+    """Wait up to ``limit`` seconds for a quiet machine; returns (seconds waited, last idle share)."""
+    started, idle = time.time(), None
+    while limit > 0:
+        idle = cpu_idle()
+        if idle is None or idle >= 0.9 or time.time() - started >= limit:
+            break
+    return time.time() - started, idle
+
+
 def driver(args):
+    waited, idle = wait_idle(args.wait_idle)
     started, load_before = time.time(), os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
@@ -431,13 +510,13 @@ def driver(args):
     print_tables(result, args)
     if args.json_path:
         machine = {"cpus": os.cpu_count(), "load_average_start": load_before, "load_average_end": os.getloadavg(),
-                   "wall_s": time.time() - started}
+                   "wall_s": time.time() - started, "waited_for_idle_s": waited, "cpu_idle_at_start": idle}
         config = {k: getattr(args, k) for k in ("width", "layers", "microbatch_size", "batch", "steps", "repeats")}
         with open(args.json_path, "w") as f:
             json.dump({"machine": machine, "config": dict(config, stages=STAGES), "command": " ".join(sys.argv),
                        **result}, f, indent=1)
     if args.plot_path:
-        plot(result["records"], args.plot_path)
+        plot(result, args.plot_path)
     return 0
 
 
