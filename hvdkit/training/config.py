@@ -19,6 +19,7 @@ SEQUENCE_DATASETS = ("mnist1d",)  # 1-D samples: mlp, and cnn as a 1-D conv net;
 LAUNCHERS = ("mpi", "gloo")
 MODES = ("allreduce", "ps")  # how ranks combine their updates: Horovod's allreduce, or parameter servers (hvdkit.ps)
 PIPELINE_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble")  # hvdkit.torch.pipeline.SCHEDULES
+MULTI_CHUNK_SCHEDULES = ("interleaved", "zero-bubble")  # several model chunks per rank, micro-batches in rounds
 
 
 @dataclasses.dataclass
@@ -287,8 +288,8 @@ def _check_pipeline(config, world_size):
     if config.schedule == "1f1b" and config.microbatches < k:
         raise UsageError(f"--schedule 1f1b needs --microbatches >= --pipeline-stages ({config.microbatches} < {k})")
     rounds = max(1, config.microbatches // k)
-    if config.schedule == "interleaved" and config.microbatches % rounds:
-        raise UsageError(f"--schedule interleaved runs --microbatches in rounds of about {k}: "
+    if config.schedule in MULTI_CHUNK_SCHEDULES and config.microbatches % rounds:
+        raise UsageError(f"--schedule {config.schedule} runs --microbatches in rounds of about {k}: "
                          f"{config.microbatches} is not a multiple of {rounds} (use a multiple of {k})")
     if config.model == "resnet18":
         raise UsageError("--pipeline-stages: --model resnet18 is not an nn.Sequential to cut into stages; use "

@@ -20,9 +20,10 @@ pytestmark = pytest.mark.timeout(360)
 KILL_END_LIMIT = 60  # seconds from the SIGKILL to the launcher's exit
 
 
-def test_two_stage_pipeline_trains_digits(hvdkit_cli, tmp_path):
+def test_two_stage_pipeline_trains_digits_and_its_checkpoint_refuses_another_cut(hvdkit_cli, tmp_path):
+    checkpoint = str(tmp_path / "ckpt")
     result = hvdkit_cli(["train", "-np", "2", "--pipeline-stages", "2", "--microbatches", "4", "--schedule", "gpipe",
-                         "--epochs", "1", "--log-dir", str(tmp_path)], timeout=300)
+                         "--epochs", "1", "--log-dir", str(tmp_path), "--checkpoint", checkpoint], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 replica(s) of a 2-stage pipeline (gpipe, 4 micro-batches of 8)" in result.stdout
     with open(tmp_path / "metrics.jsonl") as f:
@@ -31,6 +32,17 @@ def test_two_stage_pipeline_trains_digits(hvdkit_cli, tmp_path):
     assert records[0]["loss"] < 2.25  # ln(10) = 2.30: an untrained model's loss on 10 classes
     assert records[0]["test_accuracy"] >= 0.5  # chance is 0.1; one epoch reaches ~0.7 here
     assert records[-1]["samples_per_sec"] > 0
+    # each rank saved its own stage: a resume that cuts the model otherwise must say so, not load the wrong layers
+    for flags, refused in ((["--pipeline-stages", "1"],
+                            "saved with --pipeline-stages 2, this run has --pipeline-stages 1"),
+                           (["--pipeline-stages", "2", "--schedule", "interleaved"],
+                            "saved with --schedule gpipe, this run has --schedule interleaved (1 model chunk(s) per "
+                            "rank against 2)")):
+        resumed = hvdkit_cli(["train", "-np", "2", "--epochs", "2", "--log-dir", str(tmp_path / "again"),
+                              "--checkpoint", checkpoint, *flags], timeout=300)
+        assert resumed.returncode != 0, resumed.stdout[-2000:]
+        assert refused in resumed.stderr, resumed.stderr[-3000:]
+        assert "epoch 1" not in resumed.stdout, "the refused run trained on"
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -42,6 +54,8 @@ def test_two_stage_pipeline_trains_digits(hvdkit_cli, tmp_path):
      "--hierarchical with --pipeline-stages"),
     (["--pipeline-stages", "2", "--average-every", "4"], "--average-every with --pipeline-stages"),
     (["--pipeline-stages", "2", "--schedule", "zerobubble"], "invalid choice: 'zerobubble'"),
+    (["--pipeline-stages", "2", "--schedule", "zero-bubble", "--microbatches", "5", "--batch-size", "40"],
+     "--schedule zero-bubble runs --microbatches in rounds of about 2: 5 is not a multiple of 2"),
 ])
 def test_bad_pipeline_flags_stop_before_launch(hvdkit_cli, tmp_path, flags, message):
     started = time.monotonic()
