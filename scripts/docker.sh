@@ -206,8 +206,9 @@ cmd_test() {
   cleanups+=("rm -rf $keys")
   ssh-keygen -q -t ed25519 -N '' -C "$tag" -f "$keys/id_ed25519"
   cp "$keys/id_ed25519.pub" "$keys/authorized_keys"
-  printf 'Host c1 c2\n  Port %s\n  IdentityFile /root/.ssh/id_ed25519\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n' \
-    "$PORT" > "$keys/config"
+  # No Port line: the jobs below name the port with hvdkit run -p, as users do.
+  printf 'Host c1 c2\n  IdentityFile /root/.ssh/id_ed25519\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n' \
+    > "$keys/config"
   chmod 700 "$keys" && chmod 600 "$keys"/*
 
   # --internal: the containers reach each other and nothing else.
@@ -221,19 +222,19 @@ cmd_test() {
   done
   note "containers $tag-c1 and $tag-c2 on network $tag, sshd on port $PORT"
   for _ in $(seq 30); do
-    "$DOCKER" exec "$tag-c1" ssh c2 true 2> /dev/null && break
+    "$DOCKER" exec "$tag-c1" ssh -p "$PORT" c2 true 2> /dev/null && break
     sleep 1
   done
-  "$DOCKER" exec "$tag-c1" ssh c2 true || { "$DOCKER" logs "$tag-c2" >&2; die "c1 cannot ssh to c2 on port $PORT"; }
+  "$DOCKER" exec "$tag-c1" ssh -p "$PORT" c2 true || { "$DOCKER" logs "$tag-c2" >&2; die "c1 cannot ssh to c2 on port $PORT"; }
 
   # Where the ranks run: two on each container, or the launch is not what it claims.
-  output=$("$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -- hostname)
+  output=$("$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -p "$PORT" -- hostname)
   [ "$(sort <<< "$output" | tr '\n' ' ')" = "c1 c1 c2 c2 " ] \
     || die "expected ranks on c1, c1, c2, c2; they ran on: $(tr '\n' ' ' <<< "$output")"
   note "ranks placed on c1, c1, c2, c2"
 
   local started=$SECONDS single
-  output=$("$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -- hvdkit train --epochs "$EPOCHS" 2>&1) \
+  output=$("$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -p "$PORT" -- hvdkit train --epochs "$EPOCHS" 2>&1) \
     || { echo "$output" >&2; die "the 2-container job failed (output above)"; }
   echo "$output" | tail -n 3
   accuracy=$(final_accuracy "$output" 2)

@@ -14,6 +14,9 @@ def add_arguments(parser):
     parser.add_argument("-np", "--num-proc", dest="np", type=int, default=2, help="number of ranks (default 2)")
     parser.add_argument("-H", "--hosts", default=None,
                         help="comma-separated host:slots list (default localhost:NP)")
+    parser.add_argument("-p", "--ssh-port", type=int, default=None, metavar="PORT",
+                        help="the port sshd listens on at the -H hosts (as horovodrun -p; default: ssh's own, "
+                             "usually 22), e.g. workers in containers started with 'sshd -p 2222'")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--mpi", dest="launcher", action="store_const", const="mpi",
                        help="launch with mpirun (default when Open MPI is installed)")

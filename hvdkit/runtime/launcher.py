@@ -116,7 +116,7 @@ def rank_environment(np, local_cores, environ):
     return env
 
 
-def mpirun_command(np, hosts, command, environ, local_cores):
+def mpirun_command(np, hosts, command, environ, local_cores, ssh_port=None):
     cmd = ["mpirun", "-np", str(np), "--bind-to", "none", "--map-by", "slot"]
     if is_root():
         cmd.append("--allow-run-as-root")
@@ -125,14 +125,17 @@ def mpirun_command(np, hosts, command, environ, local_cores):
             cmd.append("--oversubscribe")
     else:
         cmd += ["-H", ",".join(f"{name}:{slots}" for name, slots in hosts)]
+        if ssh_port is not None:  # Open MPI starts its remote daemons with ssh, adding these arguments
+            cmd += ["--mca", "plm_rsh_args", f"-p {ssh_port}"]
     for name in forwarded_names(environ):
         cmd += ["-x", name]
     return cmd + list(command)
 
 
-def horovodrun_command(horovodrun, np, hosts, command):
+def horovodrun_command(horovodrun, np, hosts, command, ssh_port=None):
     host_list = ",".join(f"{name}:{slots}" for name, slots in hosts)
-    return [horovodrun, "--gloo", "-np", str(np), "-H", host_list] + list(command)
+    port = [] if ssh_port is None else ["-p", str(ssh_port)]
+    return [horovodrun, "--gloo", "-np", str(np), "-H", host_list] + port + list(command)
 
 
 def with_status_wrapper(command, status_dir):
@@ -151,6 +154,9 @@ def build_command(args, environ, status_dir=None):
     if args.np < 1:
         raise UsageError(f"-np must be >= 1, got {args.np}")
     hosts = parse_hosts(args.hosts, args.np)
+    ssh_port = getattr(args, "ssh_port", None)
+    if ssh_port is not None and not 1 <= ssh_port <= 65535:
+        raise UsageError(f"-p/--ssh-port must be a port number (1-65535), got {ssh_port}")
     env = dict(environ)
     if status_dir is not None:
         command = with_status_wrapper(command, status_dir)
@@ -166,11 +172,11 @@ def build_command(args, environ, status_dir=None):
     if launcher == "mpi":
         if not find_tool("mpirun"):
             raise UsageError("--mpi: mpirun not found; install Open MPI (apt-get install openmpi-bin) or use --gloo")
-        return mpirun_command(args.np, hosts, command, env, local_cores), env
+        return mpirun_command(args.np, hosts, command, env, local_cores, ssh_port), env
     horovodrun = find_tool("horovodrun")
     if not horovodrun:
         raise UsageError("--gloo: horovodrun not found; run 'make setup' to install Horovod")
-    return horovodrun_command(horovodrun, args.np, hosts, command), env
+    return horovodrun_command(horovodrun, args.np, hosts, command, ssh_port), env
 
 
 def run(cmd, env, stopped=None):

@@ -59,6 +59,16 @@ def test_gloo_uses_horovodrun_with_hosts():
     assert cmd[:6] == ["/usr/bin/horovodrun", "--gloo", "-np", "2", "-H", "localhost:2"]
 
 
+def test_ssh_port_reaches_both_launchers():
+    cmd, _ = build(["-np", "4", "-H", "c1:2,c2:2", "-p", "2222", "--mpi", "--", "x"])
+    assert cmd[cmd.index("plm_rsh_args") - 1:cmd.index("plm_rsh_args") + 2] == ["--mca", "plm_rsh_args", "-p 2222"]
+    cmd, _ = build(["-np", "4", "-H", "c1:2,c2:2", "--ssh-port", "2222", "--gloo", "--", "x"])
+    assert cmd[cmd.index("-H") + 2:cmd.index("-H") + 4] == ["-p", "2222"] and cmd[-1] == "x"
+    for launch in ("--mpi", "--gloo"):  # no port given: ssh's own, no flag
+        cmd, _ = build(["-np", "4", "-H", "c1:2,c2:2", launch, "--", "x"])
+        assert "plm_rsh_args" not in cmd and "-p" not in cmd
+
+
 def test_ranks_per_node_sets_the_emulation_variable():
     _, env = build(["-np", "4", "--ranks-per-node", "2", "--", "x"])
     assert env["HVDKIT_RANKS_PER_NODE"] == "2"
@@ -70,6 +80,7 @@ def test_ranks_per_node_sets_the_emulation_variable():
     (["-np", "3", "-H", "a:1,b:1", "--", "x"], "-np 3 needs 3 slots"),
     (["-np", "2", "-H", "a:two", "--", "x"], "slots 'two' of host 'a'"),
     (["-np", "4", "--ranks-per-node", "3", "--", "x"], "--ranks-per-node 3"),
+    (["-np", "2", "-H", "a:1,b:1", "-p", "70000", "--", "x"], "-p/--ssh-port must be a port number"),
 ])
 def test_bad_values_name_the_option(argv, message):
     with pytest.raises(UsageError, match=message):
