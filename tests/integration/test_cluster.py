@@ -213,3 +213,26 @@ def test_killing_the_launcher_ends_every_rank_on_every_node(two_nodes, tmp_path)
     before = {path.name: path.stat().st_mtime_ns for path in checkpoints.rglob("*")}
     time.sleep(2)
     assert {path.name: path.stat().st_mtime_ns for path in checkpoints.rglob("*")} == before
+
+
+CUT_END_LIMIT = 90  # s: ssh's keep-alive gives up after 15 s, then the launchers end the job
+
+
+def test_a_cut_link_ends_the_job_naming_the_node(two_nodes, tmp_path):
+    from hvdkit.runtime.cluster import net
+    from hvdkit.runtime.cluster.layout import NODE_INTERFACE
+
+    proc = start_training(two_nodes, tmp_path, "node1:1,node2:1", 2)
+    net.set_link("hvdkit-node2", NODE_INTERFACE, up=False)  # the cable pulled: no goodbye from either side
+    cut = time.monotonic()
+    try:
+        _, stderr = proc.communicate(timeout=CUT_END_LIMIT)
+    finally:
+        net.set_link("hvdkit-node2", NODE_INTERFACE, up=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    print(f"the job ended {time.monotonic() - cut:.1f} s after the cut:\n{stderr[-2000:]}")
+    assert proc.returncode != 0
+    assert "node2" in stderr.splitlines()[-1], stderr[-2000:]
+    assert wait_until_gone(two_nodes, 30) == {"node1": [], "node2": []}
