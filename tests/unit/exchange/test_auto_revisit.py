@@ -61,13 +61,48 @@ def test_a_compressed_plan_that_meets_its_prediction_but_loses_to_dense_gives_wa
     assert choice.settled and choice.trial == 2 and choice.plan[0][0] is DENSE
 
 
-def test_a_dense_first_choice_is_measured_once_and_kept(monkeypatch):
+def test_a_dense_first_choice_is_still_measured_against_the_best_compressed_one(monkeypatch):
     choice, clock = chooser(monkeypatch)
     choice._plans([([DENSE, TOPK], DENSE)])
     choice._use(0, "chosen")
     run(choice, clock, 0.100, 0.040, 4)
-    assert choice.settled and choice.trial == 0 and choice.measured == {0: (0.100, 0.040)}
-    assert choice.events[-1] == "keeping plan 1"
+    assert not choice.settled and choice.trial == 1 and choice.plan[0][0] is TOPK
+    run(choice, clock, 0.110, 0.020, 4)
+    assert choice.settled and choice.trial == 0 and set(choice.measured) == {0, 1}
+    assert "plan 1 of 2 measured fastest: none@flat" in choice.events[-1]
+
+
+SMALL_TOPK, SMALL_INT8 = auto.Choice("topk:0.01", "flat", 0.004), auto.Choice("int8", "two_phase", 0.003)
+BIG_TOPK, BIG_INT8 = auto.Choice("topk:0.01", "flat", 0.050), auto.Choice("int8", "two_phase", 0.045)
+
+
+def test_the_best_uniform_plan_is_measured_after_the_per_bucket_mix(monkeypatch):
+    """Per bucket, int8 two-phase wins the big bucket and top-k or int8 the small one; the uniform plan is the
+    one spec the model prices fastest over both (int8: 48 ms against top-k's 54), measured after the mix; the
+    runner-ups only after a slow first plan."""
+    choice, clock = chooser(monkeypatch)
+    small_dense, big_dense = auto.Choice("none", "flat", 0.020), auto.Choice("none", "flat", 0.400)
+    choice._plans([([SMALL_INT8, SMALL_TOPK, small_dense], small_dense),
+                   ([BIG_INT8, BIG_TOPK, big_dense], big_dense)])
+    assert [[str(c) for c, _ in plan] for plan in choice.plans] == [
+        ["int8@two_phase", "int8@two_phase"],      # each bucket's best: int8 everywhere, so also the uniform one
+        ["topk:0.01@flat", "topk:0.01@flat"],      # runner-ups
+        ["none@flat", "none@flat"]]
+    choice._plans([([SMALL_TOPK, SMALL_INT8, small_dense], small_dense),
+                   ([BIG_INT8, BIG_TOPK, big_dense], big_dense)])
+    assert [[str(c) for c, _ in plan] for plan in choice.plans] == [
+        ["topk:0.01@flat", "int8@two_phase"],      # the mix
+        ["int8@two_phase", "int8@two_phase"],      # uniform: int8 48 ms against top-k 54 ms
+        ["int8@two_phase", "topk:0.01@flat"],      # the runner-ups
+        ["none@flat", "none@flat"]]
+    assert choice.runner_up == 2
+    choice._use(0, "chosen")
+    run(choice, clock, 0.100, 0.040, 4)            # the mix, as predicted: then the uniform plan, then dense
+    assert choice.trial == 1
+    run(choice, clock, 0.090, 0.030, 4)
+    assert choice.trial == 3
+    run(choice, clock, 0.500, 0.400, 4)
+    assert choice.settled and choice.trial == 1
 
 
 def test_a_slow_plan_is_replaced_by_the_next_and_the_fastest_measured_stays(monkeypatch):
