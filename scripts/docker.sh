@@ -45,6 +45,22 @@ trap 'exit 143' TERM
 
 is_root() { [ "$(id -u)" = 0 ]; }
 
+# Runs a long step (a build, a job) in the background and waits for it. Bash
+# runs a trap only once the foreground command has ended, so without this a
+# Ctrl-C or TERM would clean up only after minutes of build or training; with
+# it the clean-up runs at once and ends the step (killing the docker client
+# cancels a build; removing the containers ends a job).
+waited() {  # LOG COMMAND... -> COMMAND's exit status, its output in LOG
+  local log=$1 pid rc=0
+  shift
+  "$@" > "$log" 2>&1 < /dev/null &
+  pid=$!
+  cleanups+=("kill $pid 2> /dev/null")
+  wait "$pid" || rc=$?
+  unset 'cleanups[${#cleanups[@]}-1]'
+  return "$rc"
+}
+
 apt_get() {
   { is_root && command -v apt-get > /dev/null; } || die "need root and apt-get to install $*"
   note "installing $* with apt-get"
@@ -181,7 +197,7 @@ cmd_build() {
   cert=$(pip_cert)
   [ -z "$cert" ] || secrets=(--secret "id=pip_cert,src=$cert")
   note "building $IMAGE (docker/Dockerfile.cpu); log in /tmp/hvdkit-docker-build.log"
-  if ! "${BUILD[@]}" --progress=plain "${args[@]}" "${secrets[@]}" . > /tmp/hvdkit-docker-build.log 2>&1; then
+  if ! waited /tmp/hvdkit-docker-build.log "${BUILD[@]}" --progress=plain "${args[@]}" "${secrets[@]}" .; then
     tail -n 60 /tmp/hvdkit-docker-build.log >&2
     die "building $IMAGE failed (last lines above; whole log /tmp/hvdkit-docker-build.log)"
   fi
@@ -189,7 +205,7 @@ cmd_build() {
   if "$DOCKER" image inspect "$CUDA_IMAGE" > /dev/null 2>&1; then
     started=$SECONDS
     note "building $GPU_IMAGE (docker/Dockerfile.gpu); log in /tmp/hvdkit-docker-build-gpu.log"
-    "${BUILD[@]}" --progress=plain "${secrets[@]}" -f docker/Dockerfile.gpu -t "$GPU_IMAGE" . > /tmp/hvdkit-docker-build-gpu.log 2>&1 \
+    waited /tmp/hvdkit-docker-build-gpu.log "${BUILD[@]}" --progress=plain "${secrets[@]}" -f docker/Dockerfile.gpu -t "$GPU_IMAGE" . \
       || { tail -n 60 /tmp/hvdkit-docker-build-gpu.log >&2; die "building $GPU_IMAGE failed (log above)"; }
     note "built $GPU_IMAGE in $((SECONDS - started)) s; size $(image_size "$GPU_IMAGE")"
   else
@@ -201,9 +217,11 @@ cmd_build() {
 # launched from the first across both, its accuracy checked.
 cmd_test() {
   cmd_build
-  local tag="hvdkit-test-$$" keys output accuracy
-  keys=$(mktemp -d /tmp/hvdkit-keys.XXXXXX)
-  cleanups+=("rm -rf $keys")
+  local tag="hvdkit-test-$$" work keys output accuracy
+  work=$(mktemp -d /tmp/hvdkit-docker-test.XXXXXX)  # keys/ (mounted as /root/.ssh) and the jobs' logs
+  cleanups+=("rm -rf $work")
+  keys="$work/keys"
+  mkdir "$keys"
   ssh-keygen -q -t ed25519 -N '' -C "$tag" -f "$keys/id_ed25519"
   cp "$keys/id_ed25519.pub" "$keys/authorized_keys"
   # No Port line: the jobs below name the port with hvdkit run -p, as users do.
@@ -228,22 +246,27 @@ cmd_test() {
   "$DOCKER" exec "$tag-c1" ssh -p "$PORT" c2 true || { "$DOCKER" logs "$tag-c2" >&2; die "c1 cannot ssh to c2 on port $PORT"; }
 
   # Where the ranks run: two on each container, or the launch is not what it claims.
-  output=$("$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -p "$PORT" -- hostname)
+  waited "$work/hosts.log" "$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -p "$PORT" -- hostname \
+    || { cat "$work/hosts.log" >&2; die "the placement check failed (output above)"; }
+  # The ranks' output is one host name a line; a launcher's warning (words) is not a rank.
+  output=$(grep -xE '[[:alnum:]_.-]+' "$work/hosts.log" || true)
   [ "$(sort <<< "$output" | tr '\n' ' ')" = "c1 c1 c2 c2 " ] \
-    || die "expected ranks on c1, c1, c2, c2; they ran on: $(tr '\n' ' ' <<< "$output")"
+    || die "expected ranks on c1, c1, c2, c2; they ran on: $(tr '\n' ' ' <<< "$output")(whole output: $(< "$work/hosts.log"))"
   note "ranks placed on c1, c1, c2, c2"
 
   local started=$SECONDS single
-  output=$("$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -p "$PORT" -- hvdkit train --epochs "$EPOCHS" 2>&1) \
-    || { echo "$output" >&2; die "the 2-container job failed (output above)"; }
+  waited "$work/two.log" "$DOCKER" exec "$tag-c1" hvdkit run -np 4 -H c1:2,c2:2 -p "$PORT" -- hvdkit train --epochs "$EPOCHS" \
+    || { cat "$work/two.log" >&2; die "the 2-container job failed (output above)"; }
+  output=$(< "$work/two.log")
   echo "$output" | tail -n 3
   accuracy=$(final_accuracy "$output" 2)
   note "2-container job: final test accuracy $accuracy% in $((SECONDS - started)) s"
   # The same job (same seed, same 4 ranks) inside one container: only the
   # order of the sums may differ, so the accuracy must agree closely.
   started=$SECONDS
-  output=$("$DOCKER" exec "$tag-c2" hvdkit run -np 4 -- hvdkit train --epochs "$EPOCHS" 2>&1) \
-    || { echo "$output" >&2; die "the 1-container job failed (output above)"; }
+  waited "$work/one.log" "$DOCKER" exec "$tag-c2" hvdkit run -np 4 -- hvdkit train --epochs "$EPOCHS" \
+    || { cat "$work/one.log" >&2; die "the 1-container job failed (output above)"; }
+  output=$(< "$work/one.log")
   single=$(final_accuracy "$output" 1)
   note "1-container job: final test accuracy $single% in $((SECONDS - started)) s"
   awk -v a="$accuracy" -v m="$MIN_ACCURACY" 'BEGIN { exit !(a >= m) }' \
