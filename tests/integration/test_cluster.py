@@ -171,10 +171,10 @@ def ranks_in(directory, node):
     return pids
 
 
-def start_training(directory, log_dir, hosts, np):
+def start_training(directory, log_dir, hosts, np, launcher="--mpi"):
     """``hvdkit train`` across the nodes in a session of its own; returns once an epoch has ended."""
-    proc = subprocess.Popen([sys.executable, "-m", "hvdkit", "train", "-np", str(np), "-H", hosts, "--epochs", "500",
-                             "--log-dir", str(log_dir), "--checkpoint", str(log_dir / "ckpt")],
+    proc = subprocess.Popen([sys.executable, "-m", "hvdkit", "train", launcher, "-np", str(np), "-H", hosts,
+                             "--epochs", "500", "--log-dir", str(log_dir), "--checkpoint", str(log_dir / "ckpt")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=dict(os.environ, HVDKIT_CLUSTER_DIR=directory))
     deadline = time.monotonic() + 120
@@ -203,8 +203,9 @@ def test_a_node_losing_all_its_ranks_ends_the_job_naming_the_node(two_nodes, tmp
     assert wait_until_gone(two_nodes, 10) == {"node1": [], "node2": []}
 
 
-def test_killing_the_launcher_ends_every_rank_on_every_node(two_nodes, tmp_path):
-    proc = start_training(two_nodes, tmp_path, "node1:1,node2:1", 2)
+@pytest.mark.parametrize("launcher", ["--mpi", "--gloo"])
+def test_killing_the_launcher_ends_every_rank_on_every_node(two_nodes, tmp_path, launcher):
+    proc = start_training(two_nodes, tmp_path, "node1:1,node2:1", 2, launcher)
     checkpoints = tmp_path / "ckpt"
     os.killpg(proc.pid, 9)  # the launcher's whole group, as a user's kill -9 -PGID does
     killed = time.monotonic()
