@@ -38,26 +38,33 @@ Then it **measures**: over ``revisit`` steps (default 3) the median step time
 (between the ends of consecutive exchanges; everything but the exchange is
 the same whatever the choice) and the time the step waited on the exchange.
 The predicted step time is the measured time outside the exchange wait plus
-the predicted exchange, unhidden. Up to four plans are measured so, in this
+the predicted exchange, unhidden. Up to five plans are measured so, in this
 order, and the fastest measured stays (dense when within ``MEASURED_TIE`` of
 it):
 
 1. the model's plan: each bucket's own best choice;
 2. the best uniform plan: the one (candidate, route) the model prices
-   fastest over all buckets, as a fixed ``compression=`` would send them
-   (where it differs from 1);
-3. each bucket's runner-up, only if plan 1 was slower than predicted by more
+   fastest over all buckets;
+3. the best uniform plan off the hierarchical route: one candidate, each
+   bucket on the cheaper of flat and two-phase, as a fixed ``compression=``
+   without ``hierarchical`` sends them;
+4. each bucket's runner-up, only if plan 1 was slower than predicted by more
    than ``slack`` (default 25 %: the model missed something, such as
    contention or a slower link than probed);
-4. the plain dense exchange: every bucket dense on the flat route, what
+5. the plain dense exchange: every bucket dense on the flat route, what
    ``compression="none"`` sends, whatever the model predicted for it.
+
+(Plans the same as an earlier one are measured once.)
 
 The model cannot be trusted alone: on the emulated cluster (2 cores shared by
 4 ranks) it priced dense hierarchical buckets at half the time they took; a
 compressed plan that met its own prediction was still slower than dense at
 10 Gbit/s; and with 4 nodes of 1 rank its per-bucket mix (int8 two-phase for
 the largest bucket, top-k for the others) ran at 0.81x of top-k for all
-buckets (1 Gbit/s, same job). Decisions use the maximum of every rank's
+buckets (1 Gbit/s, same job); on 2 nodes x 2 ranks it priced top-k on the
+hierarchical route for every bucket fastest, and that plan's steps took 2.3x
+those of a plan with half the buckets off it (the "nodes" share 2 cores,
+which the model does not know). Decisions use the maximum of every rank's
 measurements, so all ranks switch together.
 
 Switching a bucket's compressor leaves the error-feedback residual of the
@@ -296,7 +303,8 @@ class AutoChoice:
         dense = tuple(d for _, d in per_bucket)
         runner_up = tuple(p[min(1, len(p) - 1)] for p, _ in per_bucket)
         plans, self.runner_up = [], None
-        for plan in (tuple(p[0] for p, _ in per_bucket), _uniform(per_bucket), runner_up, dense):
+        for plan in (tuple(p[0] for p, _ in per_bucket), _uniform(per_bucket), _uniform(per_bucket, flat=True),
+                     runner_up, dense):
             if plan is not None and plan not in plans:
                 if plan is runner_up:
                     self.runner_up = len(plans)
@@ -371,13 +379,18 @@ class AutoChoice:
         self.settled, self.pending, self.fresh = saved["settled"], False, True
 
 
-def _uniform(per_bucket):
-    """The plan that sends every bucket it can with one (compressed candidate, route), the one the model prices
-    fastest in sum, the others plain dense (``per_bucket``: [(priced choices, plain dense choice)]); None
-    without a compressed choice."""
-    keys = {(c.spec, c.route): None for choices, _ in per_bucket for c in choices if not c.dense}
-    plans = [tuple(next((c for c in choices if (c.spec, c.route) == key), plain) for choices, plain in per_bucket)
-             for key in keys]
+def _uniform(per_bucket, flat=False):
+    """The plan that sends every bucket it can with one compressed candidate, the one the model prices fastest in
+    sum, the others plain dense (``per_bucket``: [(priced choices, plain dense choice)]); None without a
+    compressed choice. On one route for all buckets; with ``flat``, off the hierarchical route, each bucket on
+    the cheaper of flat and two-phase, as a fixed ``compression=`` without ``hierarchical`` picks its routes."""
+    def fits(choice, key):
+        return choice.spec == key[0] and (choice.route != "hierarchical" if flat else choice.route == key[1])
+
+    keys = {(c.spec, None if flat else c.route): None for choices, _ in per_bucket for c in choices
+            if not c.dense and not (flat and c.route == "hierarchical")}
+    plans = [tuple(min((c for c in choices if fits(c, key)), key=lambda c: c.seconds, default=plain)
+                   for choices, plain in per_bucket) for key in keys]
     return min(plans, key=lambda plan: sum(c.seconds for c in plan), default=None)
 
 

@@ -163,3 +163,19 @@ def test_a_checkpoint_resumes_the_plan_in_use_without_probing_again(monkeypatch)
     other_layout = auto.AutoChoice(spec.parse("auto"), None, Links(Link(None, 4, 0)), Ranks(), "t")
     other_layout.load_state_dict(saved, buckets=1)
     assert other_layout.pending and other_layout.plan is None  # another world size: decide afresh
+
+
+def test_a_uniform_plan_off_the_hierarchical_route_is_measured_too():
+    """The model prices top-k on the hierarchical route fastest for both buckets; a fixed topk:0.01 without
+    hierarchical=True sends each bucket flat or two-phase, whichever is cheaper: that plan is listed too."""
+    choice = auto.AutoChoice(spec.parse("auto"), None, Links(Link(None, 4, 0)), Ranks(), "t")
+    small = [auto.Choice("topk:0.01", "hierarchical", 0.001), auto.Choice("topk:0.01", "flat", 0.002),
+             auto.Choice("topk:0.01", "two_phase", 0.003), auto.Choice("none", "flat", 0.010)]
+    big = [auto.Choice("topk:0.01", "hierarchical", 0.010), auto.Choice("topk:0.01", "two_phase", 0.020),
+           auto.Choice("topk:0.01", "flat", 0.030), auto.Choice("none", "flat", 0.100)]
+    choice._plans([(small, small[-1]), (big, big[-1])])
+    assert [[str(c) for c, _ in plan] for plan in choice.plans] == [
+        ["topk:0.01@hierarchical", "topk:0.01@hierarchical"],  # each bucket's best, also the uniform plan
+        ["topk:0.01@flat", "topk:0.01@two_phase"],             # off the hierarchical route, per bucket; runner-ups
+        ["none@flat", "none@flat"]]
+    assert choice.runner_up is None  # the runner-ups are the plan before: measured whatever plan 1 does
