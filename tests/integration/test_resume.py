@@ -208,6 +208,10 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, case):
     reference, final = final_state(tmp_path / "ref"), final_state(tmp_path / "ckpt")
     assert final["pt"]["position"] == {"epoch": EPOCHS, "step": 0, "global_step": EPOCHS * STEPS_PER_EPOCH}
     assert set(final) == {"pt", "rank-00000.pt", "rank-00001.pt"}
+    from hvdkit.state import checkpoint
+
+    names = [name for name, _ in checkpoint.read_pointer(tmp_path / "ckpt")]  # named by the global step
+    assert names == [f"ckpt-{EPOCHS * STEPS_PER_EPOCH:08d}.{role}" for role in ("pt", "rank-00000.pt", "rank-00001.pt")]
     assert differences(reference, final) == []
     assert epoch_losses(tmp_path / "ref-logs") == epoch_losses(tmp_path / "logs")
 
