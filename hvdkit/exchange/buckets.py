@@ -29,8 +29,8 @@ Horovod never waits so: it fuses only the gradients ready in the same cycle.
 """
 import dataclasses
 
-__all__ = ["BREAK_PAUSE_S", "MIN_SPLIT_BYTES", "TensorInfo", "Slot", "Bucket", "plan_buckets", "describe",
-           "split_bytes"]
+__all__ = ["BREAK_PAUSE_S", "MIN_SPLIT_BYTES", "TensorInfo", "Slot", "Bucket", "plan_buckets", "closing_breaks",
+           "describe", "split_bytes"]
 
 # A pause in backward this long between two gradients is a break. It must be well above the time a gradient
 # hook takes (tens of microseconds) and above the cost of one more collective (Horovod's negotiation, about
@@ -115,7 +115,23 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=N
         raise ValueError(f"order must list tensor indices (0 to {len(tensors) - 1}) at most once, got {order}")
     if groups is not None:
         return _grouped(tensors, compressible, order, groups)
-    buckets = []
+    return _sized(tensors, fusion_bytes, compressible, order, frozenset(breaks))[0]
+
+
+def closing_breaks(tensors, fusion_bytes, compressible=lambda info: False, order=None, breaks=()):
+    """The members of ``breaks`` before which ``plan_buckets`` (same arguments) closes a bucket.
+
+    A pause measured before a small model's gradient is often the scheduler's, not backward's; keeping only
+    the breaks that change the plan keeps such noise out of the plan and out of checkpoints, so that two
+    runs of one model plan alike."""
+    if order is None:
+        order = list(reversed(range(len(tensors))))
+    return _sized(tensors, fusion_bytes, compressible, order, frozenset(breaks))[1]
+
+
+def _sized(tensors, fusion_bytes, compressible, order, breaks):
+    """plan_buckets by size (see there); also returns the breaks that closed a bucket, in ``order``."""
+    buckets, closing = [], []
     open_buckets = {}  # (dtype, compressed) -> indices of the tensors in the bucket being filled
     open_numel = {}  # (dtype, compressed) -> elements in that bucket so far
 
@@ -130,11 +146,13 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=N
         itemsize = tensors[members[0]].itemsize
         buckets.append(Bucket(len(buckets), key[0], key[1], tuple(slots), offset, offset * itemsize))
 
-    breaks, least = frozenset(breaks), split_bytes(fusion_bytes)
+    least = split_bytes(fusion_bytes)
     for index in order:
         info = tensors[index]
         if index in breaks:  # backward paused before this gradient: what is ready and worth sending goes now
-            for key in [k for k in open_buckets if open_numel[k] * tensors[open_buckets[k][0]].itemsize >= least]:
+            full = [k for k in open_buckets if open_numel[k] * tensors[open_buckets[k][0]].itemsize >= least]
+            closing += [index] if full else []
+            for key in full:
                 close(key)
         key = (info.dtype, bool(compressible(info)))
         if key in open_buckets and (open_numel[key] + info.numel) * info.itemsize > fusion_bytes:
@@ -143,7 +161,7 @@ def plan_buckets(tensors, fusion_bytes, compressible=lambda info: False, order=N
         open_numel[key] = open_numel.get(key, 0) + info.numel
     for key in list(open_buckets):
         close(key)
-    return buckets
+    return buckets, closing
 
 
 def _grouped(tensors, compressible, order, groups):

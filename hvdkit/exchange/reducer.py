@@ -48,7 +48,7 @@ from hvdkit.compression.seeds import mix
 from hvdkit.compression.state import BucketState
 from hvdkit.exchange import consistency, strategies
 from hvdkit.exchange.auto import AutoChoice
-from hvdkit.exchange.buckets import BREAK_PAUSE_S, plan_buckets
+from hvdkit.exchange.buckets import BREAK_PAUSE_S, closing_breaks, plan_buckets
 from hvdkit.exchange.cost import prefer_two_phase
 from hvdkit.exchange.engine import Flight, as_completed
 from hvdkit.exchange.options import check_nonfinite
@@ -141,6 +141,11 @@ class Reducer:
         mine = list(ready) + [i for i in reversed(range(len(self.infos))) if i not in seen]
         breaks = sorted(i for i, pause in zip(ready, pauses or ()) if pause >= BREAK_PAUSE_S)
         order, excluded, breaks = self.transport.allgather_object((mine, sorted(excluded), breaks))[0]
+        if self.groups is None:  # only those that split a bucket: a small model's pauses are the scheduler's
+            breaks = closing_breaks(self.infos, self.fusion_bytes, self._compressible,
+                                    [i for i in order if i not in set(excluded)], breaks)
+        else:
+            breaks = []
         if order == list(reversed(range(len(self.infos)))) and not excluded and not breaks:
             return False
         self._plan(order, excluded, breaks)

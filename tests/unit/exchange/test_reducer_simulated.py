@@ -346,3 +346,23 @@ def test_long_pauses_in_rank_0s_first_backward_become_bucket_boundaries_on_every
         assert split == [(3, 2), (1, 0)] == restored
         assert older == [(3, 2, 1, 0)]
         assert finite and averaged
+
+
+def test_a_pause_that_splits_no_bucket_leaves_the_plan_and_the_checkpoint_as_without_it():
+    """A small model's long pause is the scheduler's (its buckets are below the split size): it must not make
+    one run's plan, or checkpoint, differ from another's (a straight run against a resumed one)."""
+    from hvdkit.exchange.buckets import BREAK_PAUSE_S
+
+    infos = [TensorInfo(f"t{i}", shape, "float32", 4) for i, shape in enumerate([(64, 32), (64,), (10, 64), (10,)])]
+    world = SimulatedWorld(2)
+
+    def body(rank):
+        reducer = Reducer(infos, "powersgd:2", TorchOps(), world.transport(rank), world.links(rank),
+                          fusion_bytes=16 * 2**20, average=True, name="t", plan_from_first_step=True)
+        changed = reducer.adopt_order([3, 2, 1, 0], (), [0.0, 0.0, 10 * BREAK_PAUSE_S, 0.0])
+        saved = reducer.state_dict()
+        return changed, saved["order"], saved["breaks"], [b.indices for b in reducer.buckets]
+
+    for changed, order, breaks, buckets in world.run(body):
+        assert (changed, order, breaks) == (False, None, [])
+        assert sorted(index for bucket in buckets for index in bucket) == [0, 1, 2, 3]
