@@ -3,9 +3,9 @@
 Outside a launcher, ``hvdkit train -np N ...`` checks every flag, then starts
 itself on N ranks through ``hvdkit run``; inside one (mpirun, horovodrun, or
 that relaunch) each rank trains. With no flags it trains an MLP on the
-bundled digits data on 2 ranks. With ``--mode ps`` the relaunching process
-also runs the job's parameter servers, from before the ranks start until
-they all ended (:mod:`hvdkit.training.ps_loop`).
+bundled digits data on 2 ranks. With ``--mode ps`` this process runs the
+job's parameter servers and starts each worker as a launch of its own
+(:mod:`hvdkit.training.ps_job`).
 """
 import os
 import sys
@@ -40,30 +40,6 @@ def relaunch(config):
     return run_command.main(parser.parse_args(run_argv))
 
 
-def relaunch_with_servers(config):
-    """``relaunch`` with the job's parameter servers running beside it on this host, their addresses and the
-    job's secret in the ranks' environment; they are stopped when the job ends, whatever its exit."""
-    from hvdkit.runtime.launcher import parse_hosts
-    from hvdkit.training import ps_loop
-
-    hosts = [name for name, _ in parse_hosts(config.hosts, config.np)]
-    try:
-        group = ps_loop.start_servers(config, config.np, hosts)
-    except ValueError as err:
-        raise UsageError(f"--mode ps: {err}") from None
-    saved = {name: os.environ.get(name) for name in group.env}
-    try:
-        os.environ.update(group.env)  # hvdkit run passes HVDKIT_* variables on to every rank
-        return relaunch(config)
-    finally:
-        ps_loop.stop_servers(group, config.log_dir)
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def main(args):
     if args.elastic:  # its own launch (horovodrun's elastic mode) and loop
         if args.mode == "ps":
@@ -72,11 +48,16 @@ def main(args):
         return elastic_loop.main(args)
     config = train_config.from_args(args)
     if inside_launcher():
-        train_config.check(config, launcher_world_size())
+        from hvdkit.training import ps_loop
+
+        workers = os.environ.get(ps_loop.WORKERS_ENV) if config.mode == "ps" else None  # one launch per worker
+        train_config.check(config, int(workers) if workers else launcher_world_size())
         return run_worker(config)
     train_config.check(config, config.np)
     if config.mode == "ps":
-        return relaunch_with_servers(config)
+        from hvdkit.training import ps_job
+
+        return ps_job.run(config)
     return relaunch(config)
 
 

@@ -66,6 +66,8 @@ class Server:
         if replicate and count > 1:
             self.link = ReplicaLink(self.context, addresses[(index + 1) % count], index, key, replica_timeout)
         self.waiters = {s: [] for s in self.shards}
+        self.meetings = {}  # tag -> {worker: payload} of the workers at that meeting so far (shard 0's owner)
+        self.first_join = None  # when the first worker joined: the others the job starts with get member_timeout
         self.last_seen = {}
         self.counters = {"refused": 0, "bytes_in": 0, "bytes_out": 0, "messages": 0}
         self.running = True
@@ -147,7 +149,7 @@ class Server:
                 apply_replicated(shard, header, arrays)
             return self.reply(ident, {"op": "ack", "rseq": header["rseq"]})
         shard = self.shards.get(header.get("shard"))
-        if shard is None or op not in ("join", "step", "leave"):
+        if shard is None or op not in ("join", "step", "leave", "meet"):
             return self.reply(ident, {"op": "error", "rid": rid,
                                       "error": f"server {self.index} holds no shard {header.get('shard')!r} "
                                                f"or knows no op {op!r}"})
@@ -170,11 +172,12 @@ class Server:
             self.waiters[shard.index].append(Waiter(ident, rid, worker, "mirror", shard.round))
             return
         clock = shard.join(worker, arrays[0] if arrays else None)
+        self.first_join = self.first_join or time.monotonic()
         after = self.replicate(shard, ["init"] if fresh else [], [shard.params] if fresh else [])
         self.send_params(ident, rid, shard, worker, {"clock": clock}, after)
 
     def on_leave(self, ident, rid, shard, header, arrays):
-        shard.leave(header["w"])
+        shard.leave(header["w"], pause=bool(header.get("pause")))
         if arrays and self.mode.name == "sync" and header["clock"] == shard.round:
             shard.params, shard.mirror_clock = np.array(arrays[0], dtype=np.float32), shard.round
             self.settle(shard, self.replicate(shard, ["mirror"], [shard.params]))
@@ -218,6 +221,28 @@ class Server:
         self.send_params(ident, rid, shard, worker, {"clock": shard.updates}, after)
         self.maybe_checkpoint(shard)
 
+    def on_meet(self, ident, rid, shard, header, arrays):
+        """A meeting of the job's workers (``PSWorker.meet``), held by shard 0's owner: answered, to everyone
+        at once, when every member of the shard, paused ones included, is there (the dead are dropped after
+        ``member_timeout``)."""
+        if shard.index != 0:
+            raise ValueError(f"meetings are held by shard 0, not shard {shard.index}")
+        self.meetings.setdefault(header["tag"], {})[header["w"]] = header.get("payload")
+        self.waiters[0].append(Waiter(ident, rid, header["w"], "meet", header["tag"]))
+        self.settle(shard, 0)
+
+    def _close_meetings(self, shard, waiters):
+        """Answer the meetings every member of ``shard`` came to; the waiters still waiting."""
+        ready = {w.target for w in waiters if w.kind == "meet" and len(shard.joined) >= shard.expected
+                 and shard.members | shard.paused <= set(self.meetings[w.target])}
+        for tag in ready:
+            payloads = self.meetings.pop(tag)
+            header = {"op": "met", "tag": tag, "payloads": [[w, p] for w, p in sorted(payloads.items())]}
+            for w in waiters:
+                if w.kind == "meet" and w.target == tag:
+                    self.reply(w.ident, dict(header, rid=w.rid))
+        return [w for w in waiters if not (w.kind == "meet" and w.target in ready)]
+
     # --- waiting and timeouts ----------------------------------------------------------------------
     def settle(self, shard, after):
         """Admit sync workers whose starting parameters arrived (before the step can close without them), complete
@@ -244,7 +269,7 @@ class Server:
                 self.send_params(w.ident, w.rid, shard, w.worker, {"clock": w.target}, after)
             else:
                 waiting.append(w)
-        self.waiters[shard.index] = waiting
+        self.waiters[shard.index] = self._close_meetings(shard, waiting) if shard.index == 0 else waiting
         self.maybe_checkpoint(shard)
 
     def drop_silent(self):
@@ -254,8 +279,15 @@ class Server:
         for shard in self.shards.values():
             if not shard.primary or not (self.waiters[shard.index] or self.mode.name != "sync"):
                 continue
+            if len(shard.joined) < shard.expected and self.first_join and now - self.first_join > self.member_timeout:
+                log.warning("server %d: %d of the %d workers the job starts with joined shard %d within %.1f s; "
+                            "going on without the others", self.index, len(shard.joined), shard.expected,
+                            shard.index, self.member_timeout)
+                shard.expected = len(shard.joined)
+                self.settle(shard, self.replicate(shard))
             # a member known only from replication or a checkpoint is timed from when this server first looks
-            silent = [w for w in shard.members if now - self.last_seen.setdefault(w, now) > self.member_timeout]
+            silent = [w for w in shard.members | shard.paused
+                      if now - self.last_seen.setdefault(w, now) > self.member_timeout]
             for worker in silent:
                 shard.drop(worker)
                 log.warning("server %d: worker %d silent for %.1f s, dropped from shard %d (%d members left)",

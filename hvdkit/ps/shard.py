@@ -17,7 +17,7 @@ __all__ = ["Shard"]
 class Shard:
     __slots__ = ("index", "mode", "params", "updates", "round", "acc", "contributors", "result", "clocks",
                  "last_seq", "pulled", "mirror_clock", "members", "dropped_late", "dropped_members",
-                 "staleness", "primary", "views", "result_payload", "expected", "joined")
+                 "staleness", "primary", "views", "result_payload", "expected", "joined", "paused")
 
     def __init__(self, index, mode, primary=True, expected=1):
         self.index = index
@@ -50,6 +50,9 @@ class Shard:
         self.mirror_clock = 0
         # Workers in the job, as this shard sees them.
         self.members = set()
+        # Workers out of the membership only for a while (``PSWorker.pause``): a meeting of the workers waits
+        # for them too.
+        self.paused = set()
         # backup: deltas that arrived after their step completed.
         self.dropped_late = 0
         # Workers removed after a timeout.
@@ -80,6 +83,7 @@ class Shard:
         others = [self.clocks.get(w, 0) for w in self.members if w != worker] if started else []
         self.members.add(worker)
         self.joined.add(worker)
+        self.paused.discard(worker)
         self.views.pop(worker, None)
         self.last_seq.pop(worker, None)  # a (re)started worker numbers its pushes from 0 again
         if self.mode.name == "ssp":
@@ -88,10 +92,15 @@ class Shard:
         self.pulled[worker] = self.updates
         return self.round if self.mode.name in ("sync", "backup") else self.updates
 
-    def leave(self, worker):
+    def leave(self, worker, pause=False):
+        """``worker`` leaves the membership: for a while (``pause``: it comes back with a join) or for good."""
         self.members.discard(worker)
         self.clocks.pop(worker, None)
         self.views.pop(worker, None)
+        if pause:
+            self.paused.add(worker)
+        else:
+            self.paused.discard(worker)
 
     def drop(self, worker):
         self.leave(worker)
@@ -184,7 +193,7 @@ class Shard:
         """Everything but the arrays, as JSON-able values (the replica and the checkpoint carry it)."""
         return {"updates": self.updates, "round": self.round, "clocks": {str(k): v for k, v in self.clocks.items()},
                 "last_seq": {str(k): v for k, v in self.last_seq.items()}, "mirror_clock": self.mirror_clock,
-                "members": sorted(self.members), "dropped_late": self.dropped_late,
+                "members": sorted(self.members), "paused": sorted(self.paused), "dropped_late": self.dropped_late,
                 "pulled": {str(k): v for k, v in self.pulled.items()}, "joined": sorted(self.joined)}
 
     def load_meta(self, meta):
@@ -194,6 +203,7 @@ class Shard:
         self.pulled = {int(k): int(v) for k, v in meta.get("pulled", {}).items()}
         self.mirror_clock = int(meta["mirror_clock"])
         self.members = set(meta["members"])
+        self.paused = set(meta.get("paused", ()))
         self.joined = set(meta.get("joined", ()))
         self.dropped_late = int(meta["dropped_late"])
 
@@ -209,6 +219,7 @@ class Shard:
         self.load_meta(payload)
         self.params = np.array(payload["params"], dtype=np.float32)
         self.members, self.clocks, self.pulled, self.joined, self.last_seq = set(), {}, {}, set(), {}
+        self.paused = set()
         if self.mode.name == "sync":
             self.round = self.mirror_clock
 

@@ -117,6 +117,14 @@ class PSWorker:
             self.clock = self.steps
         return params
 
+    def meet(self, tag, payload=None):
+        """Wait until every worker in the job came to meeting ``tag`` (a worker that died is dropped by the
+        servers after their member timeout, so the wait is bounded); ``[(worker, payload), ...]`` of those
+        who came, by worker. ``payload``: anything JSON can carry. Replaces a collective among the workers
+        that must not end with one of them (an MPI job does)."""
+        header, _ = self.client.call({0: ({"op": "meet", "tag": tag, "payload": payload}, [])})[0]
+        return [(int(worker), value) for worker, value in header["payloads"]]
+
     def stats(self):
         count, total, worst = self.staleness
         return {"worker": self.worker, "clock": self.clock, "steps": self.steps, "dropped": self.dropped,
@@ -125,16 +133,20 @@ class PSWorker:
 
     def pause(self, params=None):
         """Leave the membership but keep the connection: nobody waits for this worker until it ``join``s again
-        (a backup:B step closes with the workers still pushing). ``params`` as for ``leave``."""
+        (a backup:B step closes with the workers still pushing), and meetings wait for it. ``params`` as
+        for ``leave``."""
+        self._leave(params, pause=True)
+
+    def _leave(self, params, pause):
         parts = self._shards(params) if params is not None and self.mode.pushes_gradients else None
-        self.client.call({s: ({"op": "leave", "clock": self.clock}, [parts[s]] if parts else [])
+        self.client.call({s: ({"op": "leave", "clock": self.clock, "pause": pause}, [parts[s]] if parts else [])
                           for s in range(len(self.edges) - 1)})
 
     def leave(self, params=None):
         """Leave the membership (others stop waiting for this worker) and close the sockets. sync: a worker's
         ``params`` become the servers' copy, so a worker joining an idle job starts from them."""
         try:
-            self.pause(params)
+            self._leave(params, pause=False)
         finally:
             self.client.close()
 

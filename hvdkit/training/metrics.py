@@ -111,13 +111,17 @@ def step_traffic(local_sgd, stats, model_bytes):
             stats.dense_cross_node_bytes)
 
 
+def summed_values(totals):
+    """What ``epoch_record`` sums over the ranks, from one rank's ``totals``: a list of floats."""
+    return [totals.loss_sum / max(totals.steps, 1), totals.samples, totals.seconds, totals.bytes_sent,
+            totals.dense_bytes, totals.intra_node_bytes, totals.cross_node_bytes, totals.dense_cross_node_bytes]
+
+
 def epoch_record(epoch, totals, accuracy, sum_over_ranks, size):
     """An epoch's record from this rank's ``totals`` and the test ``accuracy``. ``sum_over_ranks(values)``
-    sums a list of floats over the ``size`` ranks (one float64 allreduce, in the loop's framework)."""
-    mean_loss = totals.loss_sum / max(totals.steps, 1)
-    loss, samples, seconds, sent, dense, intra, cross, dense_cross = sum_over_ranks(
-        [mean_loss, totals.samples, totals.seconds, totals.bytes_sent, totals.dense_bytes, totals.intra_node_bytes,
-         totals.cross_node_bytes, totals.dense_cross_node_bytes])
+    sums a list of floats (``summed_values``) over the ``size`` ranks (one float64 allreduce, in the loop's
+    framework)."""
+    loss, samples, seconds, sent, dense, intra, cross, dense_cross = sum_over_ranks(summed_values(totals))
     seconds_per_rank = seconds / size
     steps = totals.steps
     per_step = size * max(steps, 1)

@@ -1,30 +1,29 @@
 """``hvdkit train --mode ps``: the job trained through parameter servers, for both frameworks.
 
-The servers (:mod:`hvdkit.ps`) hold the model and apply the workers' updates;
-every rank is a worker. ``hvdkit train -np N --mode ps`` starts the servers
-in its own process, beside the job (:func:`start_servers`: loopback on one
-host, the address the other hosts reach with ``-H``), hands their addresses
-and the job's secret to the ranks through the environment
-(``HVDKIT_PS_*``), and stops them when the job ends, however it ends (they
-also end by themselves when that process dies). Started by a launcher of
-the user's own (``mpirun -np N hvdkit train --mode ps``) with no
-``HVDKIT_PS_SERVERS`` given, rank 0 starts them instead and stops them at
-the end; with ``HVDKIT_PS_SERVERS`` given (``hvdkit ps serve``), the job
-uses those.
+The servers (:mod:`hvdkit.ps`) hold the model and apply the workers' updates.
+``hvdkit train -np N --mode ps`` starts the servers in its own process and
+each of the N workers as a launch of its own (:mod:`hvdkit.training.ps_job`),
+so that a worker's death ends no other: the servers drop it and the rest go
+on. The workers meet through the servers, never through a collective of
+theirs. Started by a launcher of the user's own (``mpirun -np N hvdkit train
+--mode ps``) with no ``HVDKIT_PS_SERVERS`` given, rank 0 starts the servers
+instead and stops them at the end; with ``HVDKIT_PS_SERVERS`` given
+(``hvdkit ps serve``), the job uses those. Under one MPI launch the
+launcher, not hvdkit, decides what a dead rank ends.
 
 Each worker trains on its shard of the data as the allreduce job does
-(same models, data, sharding, evaluation and records: the framework parts
+(same models, data, sharding and records: the framework parts
 :mod:`hvdkit.training.ps_torch` and :mod:`hvdkit.training.ps_tf` reuse the
 allreduce loops' helpers), with the framework's own optimizer stepped through
 ``hvdkit.ps``'s shim. Within an epoch each worker runs at the pace its
-``--update`` mode allows; at each epoch's end the workers meet (a Horovod
-collective, as the allreduce job's evaluation is): in the delta modes every
-worker then takes the servers' parameters (so all evaluate, and go on from,
-the same model), and a ``backup:B`` worker leaves the membership while it
-waits there, so the others' last steps close without it. Rank 0 writes the
+``--update`` mode allows; at each epoch's end the workers still alive meet
+(``PSWorker.meet``): in the delta modes every worker then takes the servers'
+parameters (so all go on from the same model), and a ``backup:B`` worker
+leaves the membership while it waits there, so the others' last steps close
+without it. Worker 0, the chief, then scores the whole test set and writes the
 allreduce job's records (``metrics.jsonl``, TensorBoard, the epoch lines)
-plus the servers' side: each worker's clock, staleness and late updates
-dropped (:func:`ps_fields`).
+from everyone's totals, plus the servers' side: each worker's clock,
+staleness and late updates dropped (:func:`ps_fields`).
 """
 import collections
 import os
@@ -35,13 +34,20 @@ from hvdkit.ps import launch
 from hvdkit.ps import worker as ps_worker
 from hvdkit.training import metrics
 
-__all__ = ["SERVERS_LOG", "FrameworkPart", "StepMeter", "ps_fields", "start_servers", "train"]
+__all__ = ["SERVERS_LOG", "FrameworkPart", "Place", "StepMeter", "member_timeout", "place", "ps_fields",
+           "start_servers", "train"]
 
 SERVERS_LOG = "ps-servers.log"  # in --log-dir: what the servers log (start, dropped workers, failovers)
 # Seconds a worker others wait on may stay silent before the servers drop it. Generous: a worker computes
 # a step without a word to the servers (a large model's step on a busy CPU), and a dropped sync worker
-# cannot come back.
+# cannot come back. HVDKIT_PS_MEMBER_TIMEOUT replaces it.
 MEMBER_TIMEOUT = 30.0
+MEMBER_TIMEOUT_ENV = "HVDKIT_PS_MEMBER_TIMEOUT"
+# Set by hvdkit train for workers launched one by one: the job's worker count and its hosts. Unset, the
+# workers are the ranks of one launch, and Horovod knows both.
+WORKERS_ENV, NODES_ENV = "HVDKIT_PS_WORKERS", "HVDKIT_PS_NODES"
+
+Place = collections.namedtuple("Place", "rank size num_nodes")
 
 StepStats = collections.namedtuple(
     "StepStats", "bytes_sent dense_bytes intra_node_bytes cross_node_bytes dense_cross_node_bytes")
@@ -54,8 +60,31 @@ def start_servers(config, workers, hosts, exit_with=None):
     os.makedirs(config.log_dir, exist_ok=True)
     with open(os.path.join(config.log_dir, SERVERS_LOG), "a") as log:  # the servers keep their own descriptor
         return launch.start_servers(config.servers, config.update, workers, host=launch.listen_host(hosts),
-                                    compression=config.compression, member_timeout=MEMBER_TIMEOUT,
+                                    compression=config.compression, member_timeout=member_timeout(),
                                     exit_with=exit_with or os.getpid(), stderr=log)
+
+
+def member_timeout(environ=os.environ):
+    """``HVDKIT_PS_MEMBER_TIMEOUT`` (seconds > 0), or ``MEMBER_TIMEOUT``; ValueError naming a bad value."""
+    text = environ.get(MEMBER_TIMEOUT_ENV)
+    if not text:
+        return MEMBER_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{MEMBER_TIMEOUT_ENV}={text!r}: give the seconds a silent worker is waited for, a "
+                         f"number > 0 (default {MEMBER_TIMEOUT:g})")
+    return value
+
+
+def place(topology, environ=os.environ):
+    """This worker's index, the job's worker count and its nodes: hvdkit train's (one launch per worker,
+    ``HVDKIT_PS_WORKERS``), or else the launch's own, from Horovod's ``topology``."""
+    if environ.get(WORKERS_ENV):
+        return Place(int(environ["HVDKIT_PS_WORKER"]), int(environ[WORKERS_ENV]), int(environ.get(NODES_ENV, "1")))
+    return Place(topology.rank, topology.size, topology.num_nodes)
 
 
 def stop_servers(group, log_dir, prog="hvdkit train"):
@@ -97,8 +126,8 @@ def _epoch_stats(ps, before):
 
 
 def ps_fields(config, gathered):
-    """The parameter-server fields of an epoch's record, from every worker's epoch stats (rank order):
-    ``worker_clocks`` (each worker's clock at the epoch's end: steps for ssp and async, the servers' step for
+    """The parameter-server fields of an epoch's record, from the epoch stats of every worker at its end
+    (``workers``, by index: a worker that died is missing): ``worker_clocks`` (each worker's clock at the epoch's end: steps for ssp and async, the servers' step for
     sync and backup), ``worker_staleness`` and ``worker_staleness_max`` (per answer: updates the servers
     applied besides the worker's own between two of its pulls), ``worker_dropped`` (backup: its late updates
     the servers dropped), and their summaries ``clock_min``, ``clock_max``, ``staleness_mean``,
@@ -106,7 +135,7 @@ def ps_fields(config, gathered):
     clocks = [g["clock"] for g in gathered]
     answers = sum(g["staleness_count"] for g in gathered)
     return {
-        "update": config.update, "servers": config.servers,
+        "update": config.update, "servers": config.servers, "workers": [g["worker"] for g in gathered],
         "worker_clocks": clocks, "clock_min": min(clocks), "clock_max": max(clocks),
         "worker_staleness": [g["staleness_sum"] / g["staleness_count"] if g["staleness_count"] else 0.0
                              for g in gathered],
@@ -129,16 +158,14 @@ def format_epoch(record):
 
 
 class FrameworkPart:
-    """What the framework parts share: the allreduce loop's (``loop``: ``torch_loop`` or ``tf_loop``) evaluation
-    and records, on ``model``, ``x_test``, ``y_test``, ``hvd`` and ``topology``; Horovod's object collectives."""
+    """What the framework parts share: the allreduce loop's (``loop``: ``torch_loop`` or ``tf_loop``) test
+    scoring on ``model``, ``x_test``, ``y_test``; Horovod's object collectives, for a launch of all workers."""
 
     loop = None
 
-    def evaluate(self):
-        return self.loop.evaluate(self.model, self.x_test, self.y_test, self.hvd, self.topology)
-
-    def epoch_record(self, epoch, totals, accuracy):
-        return self.loop.epoch_record(epoch, totals, accuracy, self.hvd, self.topology)
+    def accuracy(self):
+        """The chief's: the whole test set, scored alone (the other workers may be gone)."""
+        return self.loop.correct(self.model, self.x_test, self.y_test) / len(self.y_test)
 
     def allgather_object(self, obj, name):
         return self.hvd.allgather_object(obj, name=name)
@@ -148,40 +175,40 @@ class FrameworkPart:
 
 
 def _connect(config, part):
-    """(the servers' variables for this worker, the ServerGroup this rank started or None). Without
-    ``HVDKIT_PS_SERVERS`` (the user's own launcher), rank 0 starts the servers: loopback when every rank
-    runs on its host, else the address the ranks' hosts reach."""
+    """(the servers' variables for this worker, the ServerGroup this rank started or None, whether rank 0 of
+    this launch started servers). Without ``HVDKIT_PS_SERVERS`` (the user's own launcher), rank 0 starts the
+    servers: loopback when every rank runs on its host, else the address the ranks' hosts reach."""
     if os.environ.get("HVDKIT_PS_SERVERS"):
-        return dict(os.environ), None
+        return dict(os.environ), None, False
     hosts = part.allgather_object(socket.gethostname(), "hvdkit.ps.hosts")
     group = start_servers(config, part.size, hosts) if part.rank == 0 else None
     env = part.broadcast_object(None if group is None else group.env, "hvdkit.ps.env")
-    return dict(os.environ, **env), group
+    return dict(os.environ, **env), group, True
 
 
 def _describe(config, part, ps, started):
     servers = len(ps.edges) - 1
     where = "started by rank 0" if started else "beside the job"
     return (f"hvdkit train: {config.model} on {config.dataset} ({part.dataset.describe()}), {part.size} workers "
-            f"on {part.topology.num_nodes} node(s), {servers} parameter server(s) {where} "
+            f"on {part.place.num_nodes} node(s), {servers} parameter server(s) {where} "
             f"({', '.join(ps.client.addresses)}{', replicated' if ps.client.replicated else ''}), update "
             f"{ps.mode}, compression {config.compression}")
 
 
 def run(config, part):
-    """Train on this rank through the servers. ``part``: the framework's side (``ps_torch.Part``,
-    ``ps_tf.Part``): its model and data set up, ``rank``/``size``/``topology``/``dataset``/``numel``/
-    ``dense_bytes``/``framework``, and ``shim(ps)``, ``train_epoch(epoch, totals, meter)``, ``evaluate()``,
-    ``epoch_record(epoch, totals, accuracy)``, ``allgather_object``/``broadcast_object(obj, name)``."""
-    environ, group = _connect(config, part)
+    """Train on this worker through the servers. ``part``: the framework's side (``ps_torch.Part``,
+    ``ps_tf.Part``): its model and data set up, ``place`` (``rank``, ``size``)/``dataset``/``numel``/
+    ``dense_bytes``/``framework``, and ``shim(ps)``, ``train_epoch(epoch, totals, meter)``, ``accuracy()``,
+    ``allgather_object``/``broadcast_object(obj, name)``."""
+    environ, group, started = _connect(config, part)
     try:
         ps = ps_worker.from_env(part.numel, dict(environ, HVDKIT_PS_WORKER=str(part.rank)))
         shim = part.shim(ps)
         writer = metrics.MetricsWriter(config.log_dir, part.framework) if part.rank == 0 else None
         if writer is not None:
-            print(_describe(config, part, ps, group is not None), flush=True)
+            print(_describe(config, part, ps, started), flush=True)
         shim.join()  # every worker starts from the servers' parameters (the first to arrive sets them)
-        part.allgather_object(None, "hvdkit.ps.joined")  # and all start together (async would not wait)
+        ps.meet("hvdkit.ps.joined")  # and all start together (async would not wait)
         meter = StepMeter(ps, part.dense_bytes)
         before, record = ps.stats(), None
         for epoch in range(config.epochs):
@@ -191,16 +218,19 @@ def run(config, part):
             if ps.mode.name == "backup":  # nobody waits for this worker at the meeting below
                 ps.pause()
             before, mine = _epoch_stats(ps, before)
-            gathered = part.allgather_object(mine, f"hvdkit.ps.epoch.{epoch}")  # every worker is done pushing
+            gathered = [value for _, value in ps.meet(f"hvdkit.ps.epoch.{epoch}",
+                                                      {"ps": mine, "sums": metrics.summed_values(totals)})]
             if not ps.mode.pushes_gradients:  # (sync workers hold the same parameters already)
                 shim.join()
-            accuracy = part.evaluate()
-            record = dict(part.epoch_record(epoch, totals, accuracy), **ps_fields(config, gathered))
             if writer is not None:
+                sums = [sum(column) for column in zip(*(g["sums"] for g in gathered))]
+                record = dict(metrics.epoch_record(epoch, totals, part.accuracy(), lambda _: sums, len(gathered)),
+                              **ps_fields(config, [g["ps"] for g in gathered]))
                 writer.write(record)
                 print(format_epoch(record), flush=True)
         shim.leave()
-        part.allgather_object(None, "hvdkit.ps.left")  # every worker left before rank 0 stops its servers
+        if started:  # every rank left before rank 0 stops its servers
+            part.allgather_object(None, "hvdkit.ps.left")
         if writer is not None:
             metrics.finish(writer, record)
     finally:

@@ -29,8 +29,8 @@ class Part(ps_loop.FrameworkPart):
         import hvdkit.tensorflow as hvd
 
         tf_loop.limit_threads()
-        self.hvd, self.config, self.topology = hvd, config, hvd.init()
-        self.rank, self.size = self.topology.rank, self.topology.size
+        self.hvd, self.config, self.place = hvd, config, ps_loop.place(hvd.init())
+        self.rank, self.size = self.place.rank, self.place.size
         keras.utils.set_random_seed(config.seed)
         self.dataset = datasets.load(config.dataset, config.seed)
         self.x_train, self.x_test = (tf_loop._channels_last(self.dataset.x_train),

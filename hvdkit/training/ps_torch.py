@@ -1,6 +1,6 @@
 """The PyTorch side of ``hvdkit train --mode ps`` (:mod:`hvdkit.training.ps_loop` drives it).
 
-The allreduce job's model, data, sharding, steps, evaluation and records
+The allreduce job's model, data, sharding, steps, scoring and records
 (:mod:`hvdkit.training.torch_loop`), with plain ``torch.optim.SGD`` stepped
 through ``hvdkit.ps.torch_worker.TorchWorker`` where that job has hvdkit's
 ``DistributedOptimizer``.
@@ -41,8 +41,8 @@ class Part(ps_loop.FrameworkPart):
         from hvdkit import topology as topology_module
 
         hvd.init()
-        self.hvd, self.config, self.topology = hvd, config, topology_module.current()
-        self.rank, self.size = self.topology.rank, self.topology.size
+        self.hvd, self.config, self.place = hvd, config, ps_loop.place(topology_module.current())
+        self.rank, self.size = self.place.rank, self.place.size
         torch_state.seed_everything(config.seed)
         self.dataset = datasets.load(config.dataset, config.seed)
         self.x_train, self.y_train = torch.from_numpy(self.dataset.x_train), torch.from_numpy(self.dataset.y_train)
@@ -62,4 +62,4 @@ class Part(ps_loop.FrameworkPart):
     def train_epoch(self, epoch, totals, meter):
         optimizer = PSOptimizer(self.optimizer, self.worker, meter)
         torch_loop.train_epoch(epoch, 0, totals, self.config, self.model, optimizer, self.x_train, self.y_train,
-                               self.hvd, self.topology, lambda step: None)
+                               self.hvd, self.place, lambda step: None)

@@ -59,15 +59,18 @@ def traffic_counter(optimizer, averager, nbytes):
     return last_step
 
 
+def correct(model, x, y):
+    """How many of the samples ``x`` the model classifies as ``y`` says."""
+    if not len(y):
+        return 0
+    return int((model.predict(x, batch_size=EVAL_BATCH, verbose=0).argmax(axis=1) == y).sum())
+
+
 def evaluate(model, x, y, hvd, topology):
     """Test accuracy over the whole test set, each rank scoring its own part."""
     mine = sharding.shard_indices(len(y), topology.rank, topology.size, shuffle=False, remainder="uneven")
-    correct = 0
-    if len(mine):
-        logits = model.predict(x[mine], batch_size=EVAL_BATCH, verbose=0)
-        correct = int((logits.argmax(axis=1) == y[mine]).sum())
-    totals = hvd.allreduce(tf.constant([correct, len(mine)], dtype=tf.float64), op=hvd.Sum,
-                           name="hvdkit.cli.train.eval").numpy()
+    totals = hvd.allreduce(tf.constant([correct(model, x[mine], y[mine]), len(mine)], dtype=tf.float64),
+                           op=hvd.Sum, name="hvdkit.cli.train.eval").numpy()
     return float(totals[0] / totals[1])
 
 

@@ -32,15 +32,22 @@ def batches(indices, batch_size):
         yield indices[start:start + batch_size]
 
 
+def correct(model, x, y):
+    """How many of the samples ``x`` the model classifies as ``y`` says."""
+    if not len(y):
+        return 0
+    model.eval()
+    with torch.no_grad():
+        right = (model(x).argmax(dim=1) == y).sum().item()
+    model.train()
+    return right
+
+
 def evaluate(model, x, y, hvd, topology):
     """Test accuracy over the whole test set, each rank scoring its own part."""
     mine = sharding.shard_indices(len(y), topology.rank, topology.size, shuffle=False, remainder="uneven")
-    model.eval()
-    with torch.no_grad():
-        correct = (model(x[mine]).argmax(dim=1) == y[mine]).sum().item() if len(mine) else 0
-    model.train()
-    totals = hvd.allreduce(torch.tensor([float(correct), float(len(mine))], dtype=torch.float64),
-                           op=hvd.Sum, name="hvdkit.cli.train.eval")
+    totals = hvd.allreduce(torch.tensor([float(correct(model, x[mine], y[mine])), float(len(mine))],
+                                        dtype=torch.float64), op=hvd.Sum, name="hvdkit.cli.train.eval")
     return (totals[0] / totals[1]).item()
 
 

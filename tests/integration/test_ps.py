@@ -41,6 +41,8 @@ def numpy_worker(args):
             params = ps.exchange_delta(delta)
         progress.update(steps=step + 1, params=params.tolist(), clock=ps.clock, dropped=ps.dropped)
         _write(args.out, progress)
+    if args.meet:  # every live worker finished (all run the same steps: an ssp worker waits for the slowest)
+        progress["met"] = ps.meet("end", {"steps": args.steps})
     progress["stats"] = ps.client.stats()
     _write(args.out, progress)
     ps.leave(params)
@@ -78,10 +80,10 @@ class Job:
         self.group = start_servers(count, mode, workers, stderr=open(self.tmp / "servers.log", "a"), **kwargs)
         return self.group
 
-    def worker(self, kind, wid, steps, kill_at=-1, sleep=0.0, env=None):
+    def worker(self, kind, wid, steps, kill_at=-1, sleep=0.0, env=None, meet=False):
         out = str(self.tmp / f"worker-{wid}.json")
         cmd = [sys.executable, HERE, kind, "--id", str(wid), "--steps", str(steps), "--kill-at", str(kill_at),
-               "--sleep", str(sleep), "--out", out]
+               "--sleep", str(sleep), "--out", out, *(["--meet"] if meet else [])]
         full_env = dict(os.environ, PYTHONPATH=REPO, HVDKIT_PS_WORKER=str(wid), HVDKIT_PS_SERVER_TIMEOUT="1.5",
                         **self.group.env, **(env or {}))
         proc = subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -199,8 +201,8 @@ def test_killed_worker_is_dropped_and_training_goes_on(job, mode):
     """3 workers, one SIGKILLed at step 3: the others finish (sync after the member timeout, logged), every
     applied step counted exactly; then a late worker joins and gets the current parameters."""
     job.servers(2, mode, 3, member_timeout=1.0)
-    victim = job.worker("numpy-worker", 2, 20, kill_at=3)
-    survivors = [job.worker("numpy-worker", w, 20, sleep=0.08) for w in range(2)]  # outlast the member timeout
+    victim = job.worker("numpy-worker", 2, 20, kill_at=3, meet=True)
+    survivors = [job.worker("numpy-worker", w, 20, sleep=0.08, meet=True) for w in range(2)]  # outlast the member timeout
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     results = [finished(p) for p in survivors]
@@ -222,6 +224,8 @@ def test_killed_worker_is_dropped_and_training_goes_on(job, mode):
     else:
         # each worker's counter holds exactly its pushes: survivors 20, the victim its 3
         np.testing.assert_array_equal(joined[:half], [20, 20, 3])
+    # the survivors' meeting at the end waited for both of them, not for the dead worker
+    assert [r["met"] for r in results] == [[[0, {"steps": 20}], [1, {"steps": 20}]]] * 2
     dropped = {w for s in stats for shard in s["shards"] if shard["primary"] for w in shard["dropped_members"]}
     assert 2 in dropped
     assert "dropped from shard" in (job.tmp / "servers.log").read_text()
@@ -251,7 +255,7 @@ def test_late_worker_joins_with_the_current_parameters(job, mode):
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_killed_server_replica_takes_over_without_losing_updates(job, mode):
     job.servers(2, mode, 2, member_timeout=5.0, replica_timeout=1.0)
-    procs = [job.worker("numpy-worker", w, 40, sleep=0.01) for w in range(2)]
+    procs = [job.worker("numpy-worker", w, 40, sleep=0.01, meet=True) for w in range(2)]
     wait_for_steps(procs[0], 10)
     job.group.kill(0)
     results = [finished(p) for p in procs]
@@ -261,6 +265,7 @@ def test_killed_server_replica_takes_over_without_losing_updates(job, mode):
     else:
         assert results[0]["params"] == results[1]["params"]
         assert results[0]["params"][:2] == pytest.approx([20, 20], abs=1e-4)
+    assert [r["met"] for r in results] == [[[0, {"steps": 40}], [1, {"steps": 40}]]] * 2  # held by the replica
     assert [s["server"] for s in stats] == [1]
     assert {shard["shard"] for shard in stats[0]["shards"] if shard["primary"]} == {0, 1}
     assert "takes over shard 0" in (job.tmp / "servers.log").read_text()
@@ -366,6 +371,7 @@ def _main():
     parser.add_argument("--kill-at", type=int, default=-1)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--meet", action="store_true", help="meet the other workers after the last step")
     args = parser.parse_args()
     numpy_worker(args)
 

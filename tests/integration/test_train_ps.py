@@ -38,6 +38,24 @@ def server_addresses(log_dir):
         return re.findall(r"listening on (tcp://\S+)", f.read())
 
 
+def training_processes(addresses, worker=None):
+    """Pids of live ``python -m hvdkit train`` ranks of the job whose servers are ``addresses`` (``worker``: only
+    that worker's)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = dict(item.partition("=")[::2] for item in f.read().decode(errors="replace").split("\0"))
+        except OSError:
+            continue
+        if args[1:4] == ["-m", "hvdkit", "train"] and set(environ.get("HVDKIT_PS_SERVERS", "").split(",")) == set(addresses) \
+                and worker in (None, int(environ.get("HVDKIT_PS_WORKER", -1))):
+            found.append(int(pid))
+    return found
+
+
 def running_servers(addresses):
     """Pids of live processes of ``python -m hvdkit.ps.server`` serving any of ``addresses``."""
     found = []
@@ -54,9 +72,10 @@ def running_servers(addresses):
     return found
 
 
-def start(log_dir, *flags):
+def start(log_dir, *flags, env=None):
     return subprocess.Popen([sys.executable, "-m", "hvdkit", "train", "--log-dir", str(log_dir), *FLAGS, *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
 
 
 def finish(proc, log_dir, timeout=240):
@@ -119,26 +138,18 @@ def test_tensorflow_backup_counts_every_push_as_a_step_or_a_dropped_update(torch
     assert running_servers(server_addresses(tmp_path)) == []
 
 
-def test_servers_stop_when_the_job_fails(tmp_path, monkeypatch):
-    """The relaunch raising (a failed job) still stops the servers it started, and restores the environment."""
-    from hvdkit.cli import train as train_cli
+def test_servers_stop_when_the_chief_fails(tmp_path, monkeypatch, capsys):
+    """Worker 0 failing at once (exit 3) ends the job with its exit code, naming it, and stops the servers."""
     from hvdkit.training import config as train_config
+    from hvdkit.training import ps_job
 
-    seen = {}
-
-    def failing_relaunch(config):
-        seen["servers"] = os.environ["HVDKIT_PS_SERVERS"].split(",")
-        seen["running"] = running_servers(seen["servers"])
-        raise RuntimeError("the job failed")
-
-    monkeypatch.setattr(train_cli, "relaunch", failing_relaunch)
-    monkeypatch.delenv("HVDKIT_PS_SERVERS", raising=False)
+    monkeypatch.setattr(ps_job, "worker_command", lambda config, host: [sys.executable, "-c", "raise SystemExit(3)"])
     config = train_config.TrainConfig(mode="ps", servers=2, log_dir=str(tmp_path))
-    with pytest.raises(RuntimeError, match="the job failed"):
-        train_cli.relaunch_with_servers(config)
-    assert len(seen["running"]) == 2
-    assert running_servers(seen["servers"]) == []
-    assert "HVDKIT_PS_SERVERS" not in os.environ
+    assert ps_job.run(config) == 3
+    assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 3" in \
+        capsys.readouterr().err
+    addresses = server_addresses(tmp_path)
+    assert len(addresses) == 2 and running_servers(addresses) == []
 
 
 def test_servers_end_with_a_killed_launching_process(tmp_path):
@@ -166,6 +177,65 @@ def test_servers_end_with_a_killed_launching_process(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and ranks it started, in its session
         except ProcessLookupError:
             pass
+
+
+def wait_for_records(proc, log_dir, count, timeout=120):
+    """Wait until the job wrote ``count`` epoch records; the servers' addresses."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if (log_dir / "metrics.jsonl").exists() and len(read_metrics(log_dir)) >= count:
+            return server_addresses(log_dir)
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} epoch records in {timeout} s")
+
+
+def gone(find, *args, timeout=10):
+    """Whether ``find(*args)`` (pids) comes back empty within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while find(*args) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not find(*args)
+
+
+def test_a_killed_worker_costs_its_share_and_the_job_trains_on(tmp_path):
+    """3 sync workers, worker 2 SIGKILLed after the first epoch: the servers drop it after their member timeout
+    (3 s here), the two others train to the end at every step, and the job ends with exit code 0."""
+    proc = start(tmp_path, "-np", "3", "--epochs", "12", "--mode", "ps", env={"HVDKIT_PS_MEMBER_TIMEOUT": "3"})
+    try:
+        addresses = wait_for_records(proc, tmp_path, 1)
+        [victim] = training_processes(addresses, worker=2)
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "worker 2 ended with exit code 137; the parameter servers drop it after 3 s of silence and training " \
+           "goes on with 2 worker(s)" in err
+    records = read_metrics(tmp_path)
+    steps = -(-(1438 // 3 + 1) // 32)  # 480 samples (padded) per worker, 32 per step
+    assert records[0]["workers"] == [0, 1, 2] and records[0]["worker_clocks"] == [steps] * 3
+    assert records[-1]["workers"] == [0, 1] and records[-1]["worker_clocks"] == [12 * steps] * 2
+    assert records[-1]["world_size"] == 2 and records[-1]["test_accuracy"] >= TARGET
+    assert "worker 2 silent for" in (tmp_path / "ps-servers.log").read_text()
+    assert running_servers(addresses) == [] and training_processes(addresses) == []
+
+
+def test_a_killed_chief_ends_the_job_naming_it(tmp_path):
+    """Worker 0 scores the model and writes the records: SIGKILLed, the job stops its other workers and its
+    servers and ends with the chief's exit code."""
+    proc = start(tmp_path, "-np", "3", "--epochs", "100", "--mode", "ps", "--update", "async")
+    try:
+        addresses = wait_for_records(proc, tmp_path, 1)
+        [chief] = training_processes(addresses, worker=0)
+        os.kill(chief, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 137, out[-3000:] + err[-3000:]
+    assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 137; stopping " \
+           "the other workers" in err
+    assert gone(running_servers, addresses) and gone(training_processes, addresses)
 
 
 @pytest.mark.parametrize("flags, message", [

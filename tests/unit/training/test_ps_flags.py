@@ -1,6 +1,7 @@
 """``hvdkit train --mode ps``'s flag checks (before any rank or server starts), the metrics it adds to an
-epoch's record, and where its servers listen."""
+epoch's record, how its workers are launched and learn their place, and where its servers listen."""
 import argparse
+import types
 
 import pytest
 
@@ -103,14 +104,17 @@ def test_given_servers_must_match_the_flags(tmp_path, overrides, environ, messag
 
 
 # --- the record's parameter-server fields, against the sums done here ------------------------------------
-def worker(clock, steps, dropped, received, answers, total, worst):
-    return {"clock": clock, "steps": steps, "dropped": dropped, "bytes_received": received,
+def worker(index, clock, steps, dropped, received, answers, total, worst):
+    return {"worker": index, "clock": clock, "steps": steps, "dropped": dropped, "bytes_received": received,
             "staleness_count": answers, "staleness_sum": total, "staleness_max": worst}
 
 
-def test_ps_fields_sum_the_workers(tmp_path):
-    gathered = [worker(40, 23, 3, 2300, 23, 46, 5), worker(45, 23, 0, 4600, 20, 10, 2), worker(44, 23, 1, 0, 0, 0, 0)]
+def test_ps_fields_sum_the_workers_at_the_meeting(tmp_path):
+    """Worker 2 died: the record covers the three others, and says which they are."""
+    gathered = [worker(0, 40, 23, 3, 2300, 23, 46, 5), worker(1, 45, 23, 0, 4600, 20, 10, 2),
+                worker(3, 44, 23, 1, 0, 0, 0, 0)]
     fields = ps_loop.ps_fields(make(tmp_path, mode="ps", update="backup:1", servers=2), gathered)
+    assert fields["workers"] == [0, 1, 3]
     assert fields["worker_clocks"] == [40, 45, 44]
     assert (fields["clock_min"], fields["clock_max"]) == (40, 45)
     assert fields["worker_staleness"] == [2.0, 0.5, 0.0]
@@ -124,6 +128,34 @@ def test_ps_fields_sum_the_workers(tmp_path):
     line = ps_loop.format_epoch(dict(fields, epoch=0, loss=1.0, test_accuracy=0.5, samples_per_sec=10.0,
                                      samples_per_sec_per_rank=5.0, bytes_per_step=100.0, compression_ratio=1.0))
     assert line.endswith("clock 40..45  staleness 1.30 (max 5)  dropped 4")
+
+
+def test_a_worker_launched_on_its_own_takes_its_place_from_hvdkit_train():
+    one_rank = types.SimpleNamespace(rank=0, size=1, num_nodes=1)  # Horovod's view inside `hvdkit run -np 1`
+    environ = {"HVDKIT_PS_WORKER": "2", ps_loop.WORKERS_ENV: "4", ps_loop.NODES_ENV: "2"}
+    assert ps_loop.place(one_rank, environ) == (2, 4, 2)
+    launch_of_all = types.SimpleNamespace(rank=3, size=4, num_nodes=1)  # mpirun -np 4 hvdkit train --mode ps
+    assert ps_loop.place(launch_of_all, {}) == (3, 4, 1)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_a_bad_member_timeout_is_named(value):
+    with pytest.raises(ValueError, match=f"HVDKIT_PS_MEMBER_TIMEOUT='{value}': give the seconds .* a number > 0"):
+        ps_loop.member_timeout({ps_loop.MEMBER_TIMEOUT_ENV: value})
+    assert ps_loop.member_timeout({ps_loop.MEMBER_TIMEOUT_ENV: "2.5"}) == 2.5
+    assert ps_loop.member_timeout({}) == ps_loop.MEMBER_TIMEOUT
+
+
+def test_each_worker_is_a_launch_of_one_rank_on_its_slot(tmp_path):
+    from hvdkit.training import ps_job
+
+    config = make(tmp_path, mode="ps", np=3, hosts="node1:2,node2:2", launcher="gloo")
+    assert ps_job.worker_hosts(config) == ["node1", "node1", "node2"]
+    command = ps_job.worker_command(config, "node2")
+    assert command[command.index("run"):command.index("--")] == ["run", "-np", "1", "--gloo", "-H", "node2:1"]
+    assert command[command.index("--") + 1:][1:4] == ["-m", "hvdkit", "train"]
+    assert ps_job.worker_hosts(make(tmp_path, mode="ps", np=2)) == ["localhost", "localhost"]
+    assert "-H" not in ps_job.worker_command(make(tmp_path, mode="ps", np=2), "localhost")
 
 
 # --- where the servers listen ---------------------------------------------------------------------------
