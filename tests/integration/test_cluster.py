@@ -145,6 +145,13 @@ def test_training_across_two_nodes_equals_training_on_one(two_nodes, tmp_path):
             return [(r["epoch"], r["loss"], r["test_accuracy"]) for r in map(json.loads, handle)]
 
     assert learning(tmp_path / "nodes") == learning(tmp_path / "local"), f"took {time.monotonic() - started:.0f} s"
+    # parameter servers: one launch per worker on its node, the servers on the bridge; sync is allreduce's arithmetic
+    ps = run_hvdkit(["train", "-np", "2", "-H", "node1:1,node2:1", "--mode", "ps", "--log-dir", str(tmp_path / "ps"),
+                     *flags], timeout=300, env={"HVDKIT_CLUSTER_DIR": two_nodes})
+    assert ps.returncode == 0, ps.stderr[-2000:]
+    assert "2 workers on 2 node(s)" in ps.stdout
+    assert [(e, pytest.approx(loss, rel=1e-5), acc) for e, loss, acc in learning(tmp_path / "ps")] == \
+        learning(tmp_path / "local")
 
 
 def job_processes(directory):
