@@ -141,15 +141,18 @@ def test_tensorflow_backup_counts_every_push_as_a_step_or_a_dropped_update(torch
 def test_servers_stop_when_the_chief_fails(tmp_path, monkeypatch, capsys):
     """Worker 0 failing at once (exit 3) ends the job with its exit code, naming it, and stops the servers."""
     from hvdkit.training import config as train_config
-    from hvdkit.training import ps_job
+    from hvdkit.training import ps_job, ps_loop
 
+    started = []
+    start_servers = ps_loop.start_servers
+    monkeypatch.setattr(ps_loop, "start_servers", lambda *args: started.append(start_servers(*args)) or started[0])
     monkeypatch.setattr(ps_job, "worker_command", lambda config, host: [sys.executable, "-c", "raise SystemExit(3)"])
     config = train_config.TrainConfig(mode="ps", servers=2, log_dir=str(tmp_path))
     assert ps_job.run(config) == 3
     assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 3" in \
         capsys.readouterr().err
-    addresses = server_addresses(tmp_path)
-    assert len(addresses) == 2 and running_servers(addresses) == []
+    assert len(started[0].processes) == 2 and all(p.poll() is not None for p in started[0].processes)
+    assert running_servers(started[0].addresses) == []
 
 
 def test_servers_end_with_a_killed_launching_process(tmp_path):

@@ -3,6 +3,8 @@ ranks like one process with the global batch, writes the torch path's metrics
 (TensorBoard events through ``tf.summary``), resumes exactly where its
 ``tf.train.Checkpoint`` files left off (error-feedback state included), runs
 post-local SGD, and never imports torch in any rank."""
+import hashlib
+import shutil
 import sys
 import textwrap
 
@@ -57,22 +59,21 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(hvdkit_cli, tmp_
 
 
 def test_resume_continues_exactly_after_the_last_checkpoint(hvdkit_cli, tmp_path):
-    """topk keeps per-rank error-feedback residuals: the resumed epoch matches an uninterrupted run,
-    and ends with its state bit for bit, only if weights, momentum, step counters and every rank's
-    residuals all came back."""
+    """topk keeps per-rank error-feedback residuals: resumed from the uninterrupted run's epoch-1 save, the
+    second epoch matches that run's, and ends with its state bit for bit, only if weights, momentum, step
+    counters and every rank's residuals all came back."""
     flags = [*TF, "--compression", "topk:0.01"]
     _, straight = train(hvdkit_cli, tmp_path / "straight", *flags, "--epochs", "2",
                         "--checkpoint", str(tmp_path / "straight-ckpt"))
-    checkpoints, logs = tmp_path / "ckpt", tmp_path / "logs"
-    train(hvdkit_cli, logs, *flags, "--epochs", "1", "--checkpoint", str(checkpoints))
     steps = -(-(DIGITS_TRAIN // 2) // 32)
-    assert (checkpoints / "latest").read_text().split()[::2] == [  # named by step; one file per rank too
-        f"ckpt-{steps:08d}.tfckpt", f"ckpt-{steps:08d}.rank-00000.tfckpt", f"ckpt-{steps:08d}.rank-00001.tfckpt"]
-    _, records = train(hvdkit_cli, logs, *flags, "--epochs", "2", "--checkpoint", str(checkpoints))
-    assert [r["epoch"] for r in records] == [0, 1]  # the second run added epoch 1 only
-    assert records[1]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-5)
-    assert records[1]["test_accuracy"] == pytest.approx(straight[1]["test_accuracy"], abs=1.5 / 359)
-    assert records[1]["compression_ratio"] > 10
+    assert (tmp_path / "straight-ckpt" / "latest").read_text().split()[::2] == [  # named by step; one file per rank
+        f"ckpt-{2 * steps:08d}.{role}" for role in ROLES]
+    checkpoints = first_epochs_save(tmp_path / "straight-ckpt", tmp_path / "ckpt", steps)
+    _, records = train(hvdkit_cli, tmp_path / "logs", *flags, "--epochs", "2", "--checkpoint", str(checkpoints))
+    assert [r["epoch"] for r in records] == [1]  # the resumed run trained epoch 1 only
+    assert records[0]["loss"] == pytest.approx(straight[1]["loss"], rel=1e-5)
+    assert records[0]["test_accuracy"] == pytest.approx(straight[1]["test_accuracy"], abs=1.5 / 359)
+    assert records[0]["compression_ratio"] > 10
     reference, resumed = final_state(tmp_path / "straight-ckpt"), final_state(checkpoints)
     assert resumed.keys() == {"tfckpt", "rank-00000.tfckpt", "rank-00001.tfckpt"}
     assert resumed["tfckpt"]["position"] == {"epoch": 2, "step": 0, "global_step": 2 * steps}
@@ -80,6 +81,22 @@ def test_resume_continues_exactly_after_the_last_checkpoint(hvdkit_cli, tmp_path
         buckets = resumed[f"rank-0000{rank}.tfckpt"]["exchange"]["buckets"].values()
         assert any(bucket["residual"] is not None for bucket in buckets)
     assert resumed == reference  # weights, momentum, step counters, every rank's residuals: bit for bit
+
+
+ROLES = ("tfckpt", "rank-00000.tfckpt", "rank-00001.tfckpt")  # a TensorFlow save's files: shared, then per rank
+
+
+def first_epochs_save(saved, directory, steps):
+    """``directory`` holding the save of step ``steps`` (the end of epoch 0) from ``saved`` (a run that went on,
+    keeping its two newest saves), named by a ``latest`` of its own: where a run stopped after epoch 0 would
+    have left it, for a second run to resume from."""
+    directory.mkdir()
+    pointer = ""
+    for name in (f"ckpt-{steps:08d}.{role}" for role in ROLES):
+        shutil.copy(saved / name, directory / name)
+        pointer += f"{name} {hashlib.sha256((directory / name).read_bytes()).hexdigest()}\n"
+    (directory / "latest").write_text(pointer)
+    return directory
 
 
 def final_state(directory):
@@ -108,8 +125,11 @@ def test_post_local_sgd_warms_up_synchronously_then_steps_locally_and_resumes_wi
     step), epoch 1 must send no gradients, only the model every 4 local steps, and differ from dense."""
     _, dense, _ = dense_run
     steps = -(-(DIGITS_TRAIN // 2) // 32)
-    result, records = train(hvdkit_cli, tmp_path, *TF, "--epochs", "2", "--average-every", "4",
-                            "--average-warmup", str(steps))
+    flags = ["--average-every", "4", "--average-warmup", str(steps)]
+    # in rank processes that must end with no torch module loaded
+    result = train_in_checked_ranks(hvdkit_cli, tmp_path / "straight", *flags, "--epochs", "2",
+                                    "--checkpoint", str(tmp_path / "straight-ckpt"))
+    records = read_metrics(tmp_path / "straight")
     assert f"after {steps} synchronous steps" in result.stdout
     assert records[0]["loss"] == pytest.approx(dense[0]["loss"], rel=1e-6)
     assert records[0]["test_accuracy"] == dense[0]["test_accuracy"]
@@ -119,19 +139,18 @@ def test_post_local_sgd_warms_up_synchronously_then_steps_locally_and_resumes_wi
     assert records[1]["compression_ratio"] == pytest.approx(steps / averages)
     assert records[1]["loss"] != pytest.approx(dense[1]["loss"], rel=1e-6)  # the ranks did step on their own
     assert records[1]["test_accuracy"] >= 0.9
-    # Stopped at the switch and resumed, in rank processes that must end with no torch module loaded: the
-    # rerun comes back in the local phase, on the same steps, and the events hold every record's scalars.
-    part, checkpoints = tmp_path / "part", tmp_path / "ckpt"
-    flags = ["--average-every", "4", "--average-warmup", str(steps), "--checkpoint", str(checkpoints)]
-    train_in_checked_ranks(hvdkit_cli, part, *flags, "--epochs", "1")
-    second = train_in_checked_ranks(hvdkit_cli, part, *flags, "--epochs", "2")
+    assert_events_hold_the_records(tmp_path / "straight", records)
+    # Resumed from the save at the switch: the rerun comes back in the local phase, on the same steps.
+    checkpoints = first_epochs_save(tmp_path / "straight-ckpt", tmp_path / "ckpt", steps)
+    second = train_in_checked_ranks(hvdkit_cli, tmp_path / "part", *flags, "--epochs", "2",
+                                    "--checkpoint", str(checkpoints))
     assert f"resuming from {checkpoints} at step {steps} " in second.stdout
     assert (checkpoints / "latest").read_text().split()[0] == f"ckpt-{2 * steps:08d}.tfckpt"
-    resumed = read_metrics(part)
-    assert [r["epoch"] for r in resumed] == [0, 1]
-    assert resumed[1]["loss"] == pytest.approx(records[1]["loss"], rel=1e-5)
-    assert resumed[1]["bytes_per_step"] == records[1]["bytes_per_step"]
-    assert_events_hold_the_records(part, resumed)
+    resumed = read_metrics(tmp_path / "part")
+    assert [r["epoch"] for r in resumed] == [1]
+    assert resumed[0]["loss"] == pytest.approx(records[1]["loss"], rel=1e-5)
+    assert resumed[0]["bytes_per_step"] == records[1]["bytes_per_step"]
+    assert_events_hold_the_records(tmp_path / "part", resumed)
 
 
 # Each rank runs the train entry point itself, then reports what its own process imported.
