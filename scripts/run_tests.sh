@@ -34,10 +34,11 @@ fi
 launches="$(mktemp)"  # the parallel script writes its launches' times here
 trap 'rm -f "$launches"' EXIT
 start_all=$SECONDS
-stage unit python -m pytest -q --durations="$durations" tests/unit
-# Two files at a time: the launcher tests spend much of their time waiting (for a stall limit, a
-# killed rank's report, an elastic rendezvous), not computing. HVDKIT_TEST_WORKERS=0 runs them in turn.
+# Two processes at a time (HVDKIT_TEST_WORKERS=0 runs everything in turn): the unit tests are
+# independent and use both cores; the launcher tests spend much of their time waiting (for a stall
+# limit, a killed rank's report, an elastic rendezvous), not computing, so two files run at once.
 workers="${HVDKIT_TEST_WORKERS:-2}"
+stage unit python -m pytest -q --durations="$durations" -n "$workers" tests/unit
 stage integration python -m pytest -q --durations="$durations" -n "$workers" --dist loadfile tests/integration
 HVDKIT_TEST_LAUNCH_SUMMARY="$launches" stage parallel bash scripts/run_parallel_tests.sh
 echo "=== stages (wall time):"
