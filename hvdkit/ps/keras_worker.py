@@ -51,5 +51,9 @@ class KerasWorker:
         self.optimizer.apply_gradients(zip(gradients, self.variables))
         self._assign(self.ps.exchange_delta(self._flat(self.variables) - before))
 
+    def save(self, epoch):
+        """The servers checkpoint their shards as of ``epoch`` epochs done (``PSWorker.save``)."""
+        return self.ps.save(epoch, self._flat(self.variables))
+
     def leave(self):
         self.ps.leave(self._flat(self.variables))

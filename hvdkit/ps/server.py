@@ -92,7 +92,7 @@ class Server:
     def send_params(self, ident, rid, shard, worker, extra, after):
         """Parameters to ``worker``: dense, or the compressed change since what it holds."""
         header = {"op": "params", "rid": rid, "shard": shard.index, "updates": shard.updates,
-                  "leader": shard.leader(), **extra}
+                  "leader": shard.leader(), "epoch": shard.epoch, **extra}
         view = shard.views.get(worker)
         if self.codec.dense or view is None:
             if not self.codec.dense:
@@ -149,7 +149,7 @@ class Server:
                 apply_replicated(shard, header, arrays)
             return self.reply(ident, {"op": "ack", "rseq": header["rseq"]})
         shard = self.shards.get(header.get("shard"))
-        if shard is None or op not in ("join", "step", "leave", "meet"):
+        if shard is None or op not in ("join", "step", "leave", "meet", "save"):
             return self.reply(ident, {"op": "error", "rid": rid,
                                       "error": f"server {self.index} holds no shard {header.get('shard')!r} "
                                                f"or knows no op {op!r}"})
@@ -220,6 +220,20 @@ class Server:
             return self.settle(shard, after)
         self.send_params(ident, rid, shard, worker, {"clock": shard.updates}, after)
         self.maybe_checkpoint(shard)
+
+    def on_save(self, ident, rid, shard, header, arrays):
+        """Checkpoint the shard now, as of ``epoch`` epochs of the job done (``PSWorker.save``); sync takes the
+        sender's parameters first (the servers' copy may be older)."""
+        if not self.checkpoint:
+            raise ValueError(f"server {self.index} was started without a checkpoint directory")
+        if arrays and self.mode.name == "sync":
+            shard.params, shard.mirror_clock = np.array(arrays[0], dtype=np.float32), shard.round
+        shard.epoch = int(header["epoch"])
+        after = self.replicate(shard, ["mirror"] if arrays and self.mode.name == "sync" else [],
+                               [shard.params] if arrays and self.mode.name == "sync" else [])
+        store.save(self.checkpoint, shard.index, shard.updates, shard.checkpoint_payload())
+        self.saved[shard.index] = shard.updates
+        self.reply(ident, {"op": "saved", "rid": rid, "updates": shard.updates}, (), after)
 
     def on_meet(self, ident, rid, shard, header, arrays):
         """A meeting of the job's workers (``PSWorker.meet``), held by shard 0's owner: answered, to everyone

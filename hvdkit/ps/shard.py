@@ -17,7 +17,7 @@ __all__ = ["Shard"]
 class Shard:
     __slots__ = ("index", "mode", "params", "updates", "round", "acc", "contributors", "result", "clocks",
                  "last_seq", "pulled", "mirror_clock", "members", "dropped_late", "dropped_members",
-                 "staleness", "primary", "views", "result_payload", "expected", "joined", "paused")
+                 "staleness", "primary", "views", "result_payload", "expected", "joined", "paused", "epoch")
 
     def __init__(self, index, mode, primary=True, expected=1):
         self.index = index
@@ -65,6 +65,9 @@ class Shard:
         self.views = {}
         # sync with compressed pulls: the current result's payload, encoded once for every worker.
         self.result_payload = None
+        # Epochs of the job done when this shard was last saved for it (``hvdkit train --mode ps
+        # --checkpoint``), so that a restarted job knows where to go on.
+        self.epoch = 0
 
     # --- membership -----------------------------------------------------------------------------
     def leader(self):
@@ -194,7 +197,8 @@ class Shard:
         return {"updates": self.updates, "round": self.round, "clocks": {str(k): v for k, v in self.clocks.items()},
                 "last_seq": {str(k): v for k, v in self.last_seq.items()}, "mirror_clock": self.mirror_clock,
                 "members": sorted(self.members), "paused": sorted(self.paused), "dropped_late": self.dropped_late,
-                "pulled": {str(k): v for k, v in self.pulled.items()}, "joined": sorted(self.joined)}
+                "pulled": {str(k): v for k, v in self.pulled.items()}, "joined": sorted(self.joined),
+                "epoch": self.epoch}
 
     def load_meta(self, meta):
         self.updates, self.round = int(meta["updates"]), int(meta["round"])
@@ -206,6 +210,7 @@ class Shard:
         self.paused = set(meta.get("paused", ()))
         self.joined = set(meta.get("joined", ()))
         self.dropped_late = int(meta["dropped_late"])
+        self.epoch = int(meta.get("epoch", 0))
 
     def checkpoint_payload(self):
         return {**self.meta(), "shard": self.index, "mode": str(self.mode), "params": self.params}

@@ -53,5 +53,9 @@ class TorchWorker:
         self.optimizer.step()
         self._write(self.ps.exchange_delta(self._flat(self.parameters) - before), self.parameters)
 
+    def save(self, epoch):
+        """The servers checkpoint their shards as of ``epoch`` epochs done (``PSWorker.save``)."""
+        return self.ps.save(epoch, self._flat(self.parameters))
+
     def leave(self):
         self.ps.leave(self._flat(self.parameters))

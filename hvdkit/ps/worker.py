@@ -38,6 +38,7 @@ class PSWorker:
         # and checkpoints): it is the leader (lowest id) and the servers asked
         self.sends_params = False
         self.dropped = 0  # backup: this worker's deltas that arrived after their step closed
+        self.epoch = 0  # epochs of the job done when the servers last saved for one (``save``), as ``join`` saw
         self.steps = 0
         # Staleness as this worker sees it: updates the servers applied (shard 0's count) between two of its pulls,
         # besides its own step. async: the staleness of its push (as the servers count it); ssp: the others' updates
@@ -77,6 +78,8 @@ class PSWorker:
         flat = self._params(answers)
         self.clock = self._clock(answers)
         self.updates = answers[0][0].get("updates")
+        # epochs of the job done as of the servers' last save for one (a shard may lag if a save was cut short)
+        self.epoch = min(header.get("epoch", 0) for header, _ in answers.values())
         return flat
 
     def _push(self, flat, extra_arrays=None):
@@ -124,6 +127,15 @@ class PSWorker:
         that must not end with one of them (an MPI job does)."""
         header, _ = self.client.call({0: ({"op": "meet", "tag": tag, "payload": payload}, [])})[0]
         return [(int(worker), value) for worker, value in header["payloads"]]
+
+    def save(self, epoch, params=None):
+        """Have every server checkpoint its shards now, as of ``epoch`` epochs of the job done (servers started
+        with a checkpoint directory); a restarted job's ``join`` then reports that epoch. sync: ``params``, this
+        worker's parameters, are what is saved. Returns the servers' update count per shard."""
+        parts = self._shards(params) if params is not None and self.mode.pushes_gradients else None
+        answers = self.client.call({s: ({"op": "save", "epoch": int(epoch)}, [parts[s]] if parts else [])
+                                    for s in range(len(self.edges) - 1)})
+        return [answers[s][0]["updates"] for s in sorted(answers)]
 
     def stats(self):
         count, total, worst = self.staleness

@@ -308,10 +308,8 @@ PS_REFUSED = {
                                              "a part of it; use --mode allreduce for pipelines"),
     "average_every": ("--average-every", "the servers already combine the workers' models (ssp:S and async let "
                                          "workers step locally); drop --average-every"),
-    "checkpoint": ("--checkpoint", "a resume would need the parameters and steps the servers hold, which "
-                                   "hvdkit train does not save yet; train without --checkpoint, or run servers "
-                                   "with their own checkpoints (hvdkit ps serve --checkpoint DIR --checkpoint-every "
-                                   "K) and train through hvdkit.ps.torch_worker"),
+    "checkpoint_every": ("--checkpoint-every", "the servers save their shards at each epoch's end, when no "
+                                               "worker is pushing; drop --checkpoint-every"),
 }
 
 

@@ -101,6 +101,7 @@ def _watch(workers, timeout, stopped):
 def run(config):
     """Servers, one launch per worker, their supervision; the job's exit code."""
     hosts = worker_hosts(config)
+    ps_loop.check_checkpoint(config)
     try:
         group = ps_loop.start_servers(config, config.np, sorted(set(hosts)))
     except ValueError as err:

@@ -30,11 +30,12 @@ import os
 import socket
 import sys
 
+from hvdkit.errors import UsageError
 from hvdkit.ps import launch
 from hvdkit.ps import worker as ps_worker
 from hvdkit.training import metrics
 
-__all__ = ["SERVERS_LOG", "FrameworkPart", "Place", "StepMeter", "member_timeout", "place", "ps_fields",
+__all__ = ["SERVERS_LOG", "FrameworkPart", "Place", "StepMeter", "check_checkpoint", "member_timeout", "place", "ps_fields",
            "start_servers", "train"]
 
 SERVERS_LOG = "ps-servers.log"  # in --log-dir: what the servers log (start, dropped workers, failovers)
@@ -61,7 +62,33 @@ def start_servers(config, workers, hosts, exit_with=None):
     with open(os.path.join(config.log_dir, SERVERS_LOG), "a") as log:  # the servers keep their own descriptor
         return launch.start_servers(config.servers, config.update, workers, host=launch.listen_host(hosts),
                                     compression=config.compression, member_timeout=member_timeout(),
-                                    exit_with=exit_with or os.getpid(), stderr=log)
+                                    checkpoint=config.checkpoint, exit_with=exit_with or os.getpid(), stderr=log)
+
+
+def check_checkpoint(config):
+    """A ``--checkpoint`` directory that holds servers' shards must be this job's: as many shards as
+    ``--servers`` and saved in its ``--update`` mode (UsageError naming both otherwise)."""
+    import glob
+
+    from hvdkit.ps import modes, store
+    from hvdkit.state import checkpoint
+
+    if not config.checkpoint:
+        return
+    found = sorted(glob.glob(os.path.join(glob.escape(config.checkpoint), "shard-*")))
+    if not found:
+        return
+    if len(found) != config.servers:
+        raise UsageError(f"--checkpoint {config.checkpoint} holds the shards of {len(found)} parameter server(s); "
+                         f"resume it with --servers {len(found)}, not {config.servers}")
+    for shard in range(len(found)):
+        try:
+            saved = store.load(config.checkpoint, shard)
+        except checkpoint.CheckpointError as err:
+            raise UsageError(f"--checkpoint {config.checkpoint}: {err}") from None
+        if saved is not None and saved["mode"] != str(modes.parse(config.update)):
+            raise UsageError(f"--checkpoint {config.checkpoint} was saved by a job with --update {saved['mode']}; "
+                             f"resume it with that mode, not --update {config.update}")
 
 
 def member_timeout(environ=os.environ):
@@ -209,9 +236,12 @@ def run(config, part):
             print(_describe(config, part, ps, started), flush=True)
         shim.join()  # every worker starts from the servers' parameters (the first to arrive sets them)
         ps.meet("hvdkit.ps.joined")  # and all start together (async would not wait)
+        if writer is not None and ps.epoch:
+            print(f"hvdkit train: resuming from {config.checkpoint} at epoch {ps.epoch} (the servers' checkpoint "
+                  f"of update {ps.updates}; the workers' optimizer state starts afresh)", flush=True)
         meter = StepMeter(ps, part.dense_bytes)
         before, record = ps.stats(), None
-        for epoch in range(config.epochs):
+        for epoch in range(ps.epoch, config.epochs):
             totals = metrics.EpochTotals()
             meter.start()
             part.train_epoch(epoch, totals, meter)
@@ -228,6 +258,10 @@ def run(config, part):
                               **ps_fields(config, [g["ps"] for g in gathered]))
                 writer.write(record)
                 print(format_epoch(record), flush=True)
+            if config.checkpoint:  # the chief has the servers save; nobody pushes until they did
+                if writer is not None:
+                    shim.save(epoch + 1)
+                ps.meet(f"hvdkit.ps.saved.{epoch}")
         shim.leave()
         if started:  # every rank left before rank 0 stops its servers
             part.allgather_object(None, "hvdkit.ps.left")

@@ -138,6 +138,31 @@ def test_tensorflow_backup_counts_every_push_as_a_step_or_a_dropped_update(torch
     assert running_servers(server_addresses(tmp_path)) == []
 
 
+def test_a_stopped_job_resumes_from_the_servers_checkpoint_as_if_never_stopped(tmp_path):
+    """sync without momentum leaves the workers no optimizer state: 2 epochs saved, then a third resumed from
+    the servers' checkpoint, equals 3 epochs in one go. A checkpoint of another mode or server count is refused."""
+    flags = ["--mode", "ps", "--momentum", "0"]
+    straight = start(tmp_path / "straight", *flags, "--epochs", "3")
+    first = start(tmp_path / "first", *flags, "--epochs", "2", "--checkpoint", str(tmp_path / "ckpt"))
+    try:
+        _, reference = finish(straight, tmp_path / "straight")
+        finish(first, tmp_path / "first")
+    finally:
+        straight.kill()
+        first.kill()
+    out, resumed = finish(start(tmp_path / "second", *flags, "--epochs", "3", "--checkpoint", str(tmp_path / "ckpt")),
+                          tmp_path / "second")
+    assert f"resuming from {tmp_path / 'ckpt'} at epoch 2 (the servers' checkpoint of update {2 * STEPS}" in out
+    assert [r["epoch"] for r in resumed] == [2] and resumed[0]["worker_clocks"] == [3 * STEPS] * 2
+    assert resumed[0]["loss"] == pytest.approx(reference[2]["loss"], rel=1e-5)
+    assert resumed[0]["test_accuracy"] == reference[2]["test_accuracy"]
+    for other, message in ((["--update", "async"], "was saved by a job with --update sync; resume it with that mode"),
+                           (["--servers", "1"], "holds the shards of 2 parameter server(s); resume it with --servers 2")):
+        refused = run_hvdkit(["train", "--log-dir", str(tmp_path / "refused"), *FLAGS, "--mode", "ps", *other,
+                              "--checkpoint", str(tmp_path / "ckpt")], timeout=60)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
 def test_servers_stop_when_the_chief_fails(tmp_path, monkeypatch, capsys):
     """Worker 0 failing at once (exit 3) ends the job with its exit code, naming it, and stops the servers."""
     from hvdkit.training import config as train_config

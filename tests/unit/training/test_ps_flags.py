@@ -41,7 +41,8 @@ def test_the_servers_compressors_are_accepted(tmp_path, compression):
     ({"hierarchical": True}, 4, "--mode ps with --hierarchical: "),  # named before the one-node complaint
     ({"pipeline_stages": 2}, 2, "--mode ps with --pipeline-stages 2: "),
     ({"average_every": 4}, 2, "--mode ps with --average-every 4: "),
-    ({"checkpoint": "CKPT"}, 2, "--mode ps with --checkpoint .*CKPT: .*hvdkit ps serve --checkpoint"),
+    ({"checkpoint": "CKPT", "checkpoint_every": 5}, 2, "--mode ps with --checkpoint-every 5: the servers save "
+                                                       "their shards at each epoch's end"),
     ({"compression": "powersgd:4"}, 2, "--mode ps with --compression powersgd:4: the parameter servers compress "
                                        "pushes and pulls with none, fp16, bf16, int8, topk, randomk, onebit"),
     ({"compression": "gzip"}, 2, "--compression: .*gzip"),
