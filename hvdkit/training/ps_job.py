@@ -54,15 +54,20 @@ def _worker_env(group, index, hosts):
                                                 ps_loop.NODES_ENV: str(len(set(hosts)))})
 
 
-def _stop(workers, signum=signal.SIGTERM):
-    """Pass ``signum`` to every worker launch still running (each in its process group), then wait for them,
-    killing what outstays ``STOP_GRACE_SECONDS``."""
+def _signal(workers, signum):
+    """Pass ``signum`` to every worker launch still running (each in its process group)."""
     for proc in workers:
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def _stop(workers):
+    """SIGTERM to every worker launch still running, then wait for them, killing what outstays
+    ``STOP_GRACE_SECONDS``."""
+    _signal(workers, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     for proc in workers:
         try:
@@ -110,12 +115,7 @@ def run(config):
 
     def forward(signum, _frame):
         stopped.append(signum)
-        for proc in workers:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signum)
-                except ProcessLookupError:
-                    pass
+        _signal(workers, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -253,9 +253,7 @@ def run(config, part):
             if not ps.mode.pushes_gradients:  # (sync workers hold the same parameters already)
                 shim.join()
             if writer is not None:
-                sums = [sum(column) for column in zip(*(g["sums"] for g in gathered))]
-                record = dict(metrics.epoch_record(epoch, totals, part.accuracy(), lambda _: sums, len(gathered)),
-                              **ps_fields(config, [g["ps"] for g in gathered]))
+                record = _record(config, part, epoch, totals, gathered)
                 writer.write(record)
                 print(format_epoch(record), flush=True)
             if config.checkpoint:  # the chief has the servers save; nobody pushes until they did
@@ -271,6 +269,14 @@ def run(config, part):
         if group is not None:
             stop_servers(group, config.log_dir)
     return 0
+
+
+def _record(config, part, epoch, totals, gathered):
+    """The chief's record of ``epoch``: the allreduce job's fields summed over the workers at the epoch's meeting
+    (``gathered``: their totals and stats), the test accuracy it scores itself, and the servers' side."""
+    sums = [sum(column) for column in zip(*(g["sums"] for g in gathered))]
+    return dict(metrics.epoch_record(epoch, totals, part.accuracy(), lambda _: sums, len(gathered)),
+                **ps_fields(config, [g["ps"] for g in gathered]))
 
 
 def train(config):

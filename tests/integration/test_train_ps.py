@@ -226,17 +226,24 @@ def gone(find, *args, timeout=10):
     return not find(*args)
 
 
-def test_a_killed_worker_costs_its_share_and_the_job_trains_on(tmp_path):
-    """3 sync workers, worker 2 SIGKILLed after the first epoch: the servers drop it after their member timeout
-    (3 s here), the two others train to the end at every step, and the job ends with exit code 0."""
-    proc = start(tmp_path, "-np", "3", "--epochs", "12", "--mode", "ps", env={"HVDKIT_PS_MEMBER_TIMEOUT": "3"})
+def kill_after_an_epoch(log_dir, worker, flags, env=None):
+    """A 3-worker ps job whose ``worker`` is SIGKILLed once the first epoch's record is written; (the job's
+    process, when it ended, the servers' addresses, its stdout, its stderr)."""
+    proc = start(log_dir, "-np", "3", "--mode", "ps", *flags, env=env)
     try:
-        addresses = wait_for_records(proc, tmp_path, 1)
-        [victim] = training_processes(addresses, worker=2)
+        addresses = wait_for_records(proc, log_dir, 1)
+        [victim] = training_processes(addresses, worker=worker)
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
+    return proc, addresses, out, err
+
+
+def test_a_killed_worker_costs_its_share_and_the_job_trains_on(tmp_path):
+    """3 sync workers, worker 2 SIGKILLed after the first epoch: the servers drop it after their member timeout
+    (3 s here), the two others train to the end at every step, and the job ends with exit code 0."""
+    proc, addresses, out, err = kill_after_an_epoch(tmp_path, 2, ["--epochs", "12"], {"HVDKIT_PS_MEMBER_TIMEOUT": "3"})
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert "worker 2 ended with exit code 137; the parameter servers drop it after 3 s of silence and training " \
            "goes on with 2 worker(s)" in err
@@ -252,14 +259,7 @@ def test_a_killed_worker_costs_its_share_and_the_job_trains_on(tmp_path):
 def test_a_killed_chief_ends_the_job_naming_it(tmp_path):
     """Worker 0 scores the model and writes the records: SIGKILLed, the job stops its other workers and its
     servers and ends with the chief's exit code."""
-    proc = start(tmp_path, "-np", "3", "--epochs", "100", "--mode", "ps", "--update", "async")
-    try:
-        addresses = wait_for_records(proc, tmp_path, 1)
-        [chief] = training_processes(addresses, worker=0)
-        os.kill(chief, signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    proc, addresses, out, err = kill_after_an_epoch(tmp_path, 0, ["--epochs", "100", "--update", "async"])
     assert proc.returncode == 137, out[-3000:] + err[-3000:]
     assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 137; stopping " \
            "the other workers" in err

@@ -134,7 +134,9 @@ def test_the_launcher_tool_gets_sigterm_when_hvdkit_run_dies(tmp_path, marker):
     assert _read_json(tmp_path / "told") == f"{runner.pid}:{parent_watch.start_ticks(runner.pid)}"
     runner.kill()
     runner.wait(timeout=30)
-    assert _read_json(tmp_path / "got", timeout=LIMIT) == signal.SIGTERM
+    # the kernel signals at once, but the tool must then be scheduled: once in a CI run of the unit tests on two
+    # busy xdist workers it had not written within 5 s, so this bound is a loaded machine's, not the watch's
+    assert _read_json(tmp_path / "got", timeout=30) == signal.SIGTERM
 
 
 # ---------------------------------------------------------------- the chain a wrapper watches
