@@ -9,9 +9,10 @@
 #
 #   mpirun -np 1                 the files whose behaviour changes with a world of one (np1_<group>)
 #   mpirun -np 2                 every file
-#   mpirun -np 4, 2 emulated     every file but the `slow` tests; the ranks must see 2 nodes
-#     nodes                      (HVDKIT_TEST_EXPECT_NODES=2), or the launch fails before any
-#                                test instead of letting the hierarchical tests skip
+#   mpirun -np 4, 2 emulated     every file but the `slow` tests (tensorflow: the files whose
+#     nodes                      behaviour depends on the node layout, np4_tensorflow); the ranks
+#                                must see 2 nodes (HVDKIT_TEST_EXPECT_NODES=2), or the launch fails
+#                                before any test instead of letting the hierarchical tests skip
 #   horovodrun --gloo -np 2      the files whose behaviour depends on the controller (gloo_<group>)
 #
 # Argument checks and maths that come out the same at every world size are unit
@@ -51,6 +52,17 @@ np1_tensorflow=(
   test_exchange_compression.py    # a lone rank applies its own gradients, unsent and uncompressed
   test_exchange_errors.py         # non-finite gradients caught on the unsent path (rank-pair tests skip)
   test_keras_optimizer.py         # model.fit (traced) on the unsent path equals plain Keras
+)
+
+# The files run under -np 4 on 2 emulated nodes (unset: the whole folder). TensorFlow's other files
+# ask nothing of a second node that -np 2 has not answered, and each TensorFlow rank costs seconds
+# of imports and tracing on 2 cores.
+np4_tensorflow=(
+  test_collectives_tf.py          # hierarchical collectives through both process sets
+  test_exchange_compression.py    # every compressor's hierarchical route equals its simulation
+  test_exchange_errors.py         # errors raised on every rank of both nodes
+  test_keras_optimizer.py         # model.fit through the hierarchical exchange
+  test_tape.py                    # the tape's hierarchical buckets, eagerly and traced
 )
 
 # The files run under horovodrun --gloo: what the controller changes (the layout read from
@@ -106,14 +118,14 @@ pytest_cmd() {  # group, extra pytest arguments..., [-- files]; sets PYTEST (no 
 for group in torch tensorflow; do
   [ -n "$only" ] && [ "$only" != "$group" ] && continue
   compgen -G "tests/parallel/$group/test_*.py" > /dev/null || continue
-  declare -n np1="np1_$group" gloo="gloo_$group"
+  declare -n np1="np1_$group" gloo="gloo_$group" np4="np4_$group"
   pytest_cmd "$group" -- "${np1[@]}"
   run_case "$group mpirun -np 1" HVDKIT_TEST_LAUNCHER=mpi HVDKIT_TEST_EXPECT_NODES=1 -- \
     mpirun $(mpirun_root_flags) --tag-output -np 1 "${PYTEST[@]}"
   pytest_cmd "$group"
   run_case "$group mpirun -np 2" HVDKIT_TEST_LAUNCHER=mpi HVDKIT_TEST_EXPECT_NODES=1 -- \
     mpirun $(mpirun_root_flags) --tag-output -np 2 "${PYTEST[@]}"
-  pytest_cmd "$group" -m "not slow"
+  if [ -v "np4_$group" ]; then pytest_cmd "$group" -m "not slow" -- "${np4[@]}"; else pytest_cmd "$group" -m "not slow"; fi
   run_case "$group mpirun -np 4 (2 emulated nodes)" \
     HVDKIT_TEST_LAUNCHER=mpi HVDKIT_RANKS_PER_NODE=2 HVDKIT_TEST_EXPECT_NODES=2 -- \
     mpirun $(mpirun_root_flags) --tag-output --oversubscribe -x HVDKIT_RANKS_PER_NODE -x HVDKIT_TEST_EXPECT_NODES \
@@ -121,7 +133,7 @@ for group in torch tensorflow; do
   pytest_cmd "$group" -- "${gloo[@]}"
   run_case "$group horovodrun --gloo -np 2" HVDKIT_TEST_LAUNCHER=gloo HVDKIT_TEST_EXPECT_NODES=1 -- \
     horovodrun --gloo -np 2 -H localhost:2 "${PYTEST[@]}"
-  unset -n np1 gloo
+  unset -n np1 gloo np4
 done
 
 echo "=== parallel launches (wall time):"
