@@ -4,9 +4,12 @@ Server i is the primary of shard i and, with replication on, the replica of
 shard i - 1 (``replication``). The loop is single-threaded: it reads a
 message, lets the ``Shard`` apply it, and answers every request that has
 become answerable; requests that must wait (a sync step still gathering, an
-ssp worker too far ahead) are kept as waiters. A worker not heard from for
-``member_timeout`` while others wait on it is dropped from the membership
-(logged), so a dead worker costs a bounded wait, never the job.
+ssp worker too far ahead, a meeting of the workers not yet complete) are
+kept as waiters. A worker not heard from for ``member_timeout`` while others
+wait on it is dropped from the membership (logged), so a dead worker costs a
+bounded wait, never the job. Shard 0's owner also holds the workers'
+meetings (``on_meet``), and every server saves its shards when a worker asks
+(``on_save``), besides every K updates.
 """
 import argparse
 import logging
