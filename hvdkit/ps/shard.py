@@ -73,6 +73,11 @@ class Shard:
     def leader(self):
         return min(self.members) if self.members else None
 
+    def started(self):
+        """Whether the workers the job starts with have all joined (whoever joins for the first time now, a new
+        worker or a restarted one, joins a running job)."""
+        return len(self.joined) >= self.expected
+
     def join(self, worker, params):
         """Admit ``worker`` (initialising the shard from ``params`` if it is empty); its starting clock."""
         if self.params is None:
@@ -82,7 +87,7 @@ class Shard:
                              f"{np.size(params)}: the workers' models differ")
         # a worker joining a running ssp job starts at the slowest member's clock (so it stalls nobody); one of
         # the workers the job starts with starts at 0 like the others
-        started = len(self.joined) >= self.expected
+        started = self.started()
         others = [self.clocks.get(w, 0) for w in self.members if w != worker] if started else []
         self.members.add(worker)
         self.joined.add(worker)
@@ -234,4 +239,4 @@ class Shard:
                 "members": sorted(self.members), "clocks": {str(k): v for k, v in self.clocks.items()},
                 "dropped_late": self.dropped_late, "dropped_members": list(self.dropped_members),
                 "staleness_mean": total / count if count else 0.0, "staleness_max": worst,
-                "numel": 0 if self.params is None else int(self.params.size)}
+                "numel": 0 if self.params is None else int(self.params.size), "started": self.started()}

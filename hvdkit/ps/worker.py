@@ -120,6 +120,12 @@ class PSWorker:
             self.clock = self.steps
         return params
 
+    def job_started(self):
+        """Whether the workers the job starts with have all joined already: a worker asking before its first
+        ``join`` would join a running job (as a new worker, or as a restarted one)."""
+        return any(shard["started"] for server in self.client.stats() for shard in server["shards"]
+                   if shard["shard"] == 0 and shard["primary"])
+
     def meet(self, tag, payload=None):
         """Wait until every worker in the job came to meeting ``tag`` (a worker that died is dropped by the
         servers after their member timeout, so the wait is bounded); ``[(worker, payload), ...]`` of those

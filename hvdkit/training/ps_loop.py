@@ -234,6 +234,11 @@ def run(config, part):
         writer = metrics.MetricsWriter(config.log_dir, part.framework) if part.rank == 0 else None
         if writer is not None:
             print(_describe(config, part, ps, started), flush=True)
+        if ps.job_started():  # its peers are past the meetings it would wait at: refuse rather than stall them
+            ps.client.close()
+            raise UsageError(f"worker {part.rank} came to a running job (its {part.size} workers had all joined): "
+                             f"hvdkit train --mode ps starts its workers together and goes on without those that "
+                             f"die; add workers to a running job through hvdkit.ps.worker.PSWorker instead")
         shim.join()  # every worker starts from the servers' parameters (the first to arrive sets them)
         ps.meet("hvdkit.ps.joined")  # and all start together (async would not wait)
         if writer is not None and ps.epoch:

@@ -266,6 +266,33 @@ def test_a_killed_chief_ends_the_job_naming_it(tmp_path):
     assert gone(running_servers, addresses) and gone(training_processes, addresses)
 
 
+def test_a_restarted_worker_is_refused_and_a_stopped_job_takes_its_workers_along(tmp_path):
+    """Worker 1 started again beside the running one (its environment copied) would wait at a meeting its peers
+    passed: it is refused at once, before it joins, and the job trains on. SIGTERM to hvdkit train then ends
+    the job, its workers and its servers."""
+    proc = start(tmp_path, "--epochs", "100", "--mode", "ps", "--update", "async")
+    try:
+        addresses = wait_for_records(proc, tmp_path, 1)
+        [worker] = training_processes(addresses, worker=1)
+        with open(f"/proc/{worker}/environ", "rb") as f:
+            environ = dict(item.partition("=")[::2] for item in f.read().decode().split("\0") if "=" in item)
+        again = subprocess.run([sys.executable, "-m", "hvdkit", "run", "-np", "1", "--", sys.executable, "-m",
+                                "hvdkit", "train", "--log-dir", str(tmp_path / "again"), *FLAGS, "--mode", "ps",
+                                "--update", "async"], cwd=REPO, env={k: v for k, v in environ.items()
+                                                                      if not k.startswith(("OMPI_", "PMIX_"))},
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "worker 1 came to a running job (its 2 workers had all joined)" in again.stderr
+        assert proc.poll() is None and len(training_processes(addresses)) == 2
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "hvdkit train: stopped by SIGTERM; the job was ended" in err
+    assert gone(running_servers, addresses) and gone(training_processes, addresses)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--update", "backup:2"], "--update backup:2: B must be less than the number of workers (-np 2)"),
     (["--servers", "0"], "--servers must be >= 1 with --mode ps, got 0"),
