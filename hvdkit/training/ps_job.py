@@ -120,9 +120,13 @@ def run(config):
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for index, host in enumerate(hosts):
+            if stopped:  # a stop signal came while the workers were starting: start no more
+                break
             workers.append(subprocess.Popen(
                 worker_command(config, host), env=_worker_env(group, index, hosts), start_new_session=True,
                 preexec_fn=lambda: parent_watch.die_with_parent(me, signal.SIGTERM)))
+        if stopped:  # and pass it to those started after it came
+            _signal(workers, stopped[0])
         code = _watch(workers, ps_loop.member_timeout(), stopped)
         if stopped:
             print(f"hvdkit train: stopped by {signal.Signals(stopped[0]).name}; the job was ended", file=sys.stderr)

@@ -163,48 +163,66 @@ def test_a_stopped_job_resumes_from_the_servers_checkpoint_as_if_never_stopped(t
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
 
 
-def test_servers_stop_when_the_chief_fails(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def servers_started(monkeypatch):
+    """The ServerGroups that ps_job starts in this process (their processes, their addresses)."""
+    from hvdkit.training import ps_loop
+
+    groups, start_servers = [], ps_loop.start_servers
+    monkeypatch.setattr(ps_loop, "start_servers", lambda *args: groups.append(start_servers(*args)) or groups[-1])
+    return groups
+
+
+def test_servers_stop_when_the_chief_fails(tmp_path, monkeypatch, capsys, servers_started):
     """Worker 0 failing at once (exit 3) ends the job with its exit code, naming it, and stops the servers."""
     from hvdkit.training import config as train_config
-    from hvdkit.training import ps_job, ps_loop
+    from hvdkit.training import ps_job
 
-    started = []
-    start_servers = ps_loop.start_servers
-    monkeypatch.setattr(ps_loop, "start_servers", lambda *args: started.append(start_servers(*args)) or started[0])
     monkeypatch.setattr(ps_job, "worker_command", lambda config, host: [sys.executable, "-c", "raise SystemExit(3)"])
     config = train_config.TrainConfig(mode="ps", servers=2, log_dir=str(tmp_path))
     assert ps_job.run(config) == 3
     assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 3" in \
         capsys.readouterr().err
-    assert len(started[0].processes) == 2 and all(p.poll() is not None for p in started[0].processes)
-    assert running_servers(started[0].addresses) == []
+    [group] = servers_started
+    assert len(group.processes) == 2 and all(p.poll() is not None for p in group.processes)
+    assert running_servers(group.addresses) == []
 
 
-def test_servers_end_with_a_killed_launching_process(tmp_path):
-    """SIGKILL leaves no ``finally`` to run: the servers notice their job's process is gone and end."""
-    proc = subprocess.Popen([sys.executable, "-m", "hvdkit", "train", "--log-dir", str(tmp_path), *FLAGS,
-                             "--mode", "ps", "--epochs", "50"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def test_a_killed_launching_process_takes_its_servers_and_workers_along(tmp_path):
+    """SIGKILL leaves no ``finally`` to run: the servers notice their job's process is gone and end, and each
+    worker's launch gets SIGTERM from the kernel (its parent-death signal) and ends its worker."""
+    proc = start(tmp_path, "--mode", "ps", "--epochs", "100")
+    addresses = []
     try:
-        deadline = time.monotonic() + 60
-        addresses = []
-        while len(addresses) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            if (tmp_path / "ps-servers.log").exists():
-                addresses = server_addresses(tmp_path)
-        assert len(addresses) == 2, "the servers did not start"
-        assert len(running_servers(addresses)) == 2
+        addresses = wait_for_records(proc, tmp_path, 1)
+        assert len(running_servers(addresses)) == 2 and len(training_processes(addresses)) == 2
         proc.kill()
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while running_servers(addresses) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert running_servers(addresses) == []
+        assert gone(running_servers, addresses) and gone(training_processes, addresses, timeout=30)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and ranks it started, in its session
-        except ProcessLookupError:
-            pass
+        proc.kill()
+        for pid in running_servers(addresses) + training_processes(addresses):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_is_passed_to_every_worker_and_ends_the_job(tmp_path, monkeypatch, capsys, servers_started):
+    """hvdkit train --mode ps stopped by SIGTERM (here: this process runs ps_job with stand-in workers that
+    would sleep for a minute, and worker 0 sends the signal to it): each worker's launch gets it, and the job
+    ends at once with 128 + 15."""
+    from hvdkit.training import config as train_config
+    from hvdkit.training import ps_job
+
+    stand_in = ("import os, signal, time\n"
+                "if os.environ['HVDKIT_PS_WORKER'] == '0':\n"
+                "    os.kill(os.getppid(), signal.SIGTERM)\n"
+                "time.sleep(60)\n")
+    monkeypatch.setattr(ps_job, "worker_command", lambda config, host: [sys.executable, "-c", stand_in])
+    started = time.monotonic()
+    assert ps_job.run(train_config.TrainConfig(mode="ps", servers=1, log_dir=str(tmp_path))) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 30
+    assert "hvdkit train: stopped by SIGTERM; the job was ended" in capsys.readouterr().err
+    [group] = servers_started
+    assert all(p.poll() is not None for p in group.processes) and running_servers(group.addresses) == []
 
 
 def wait_for_records(proc, log_dir, count, timeout=120):
@@ -256,20 +274,11 @@ def test_a_killed_worker_costs_its_share_and_the_job_trains_on(tmp_path):
     assert running_servers(addresses) == [] and training_processes(addresses) == []
 
 
-def test_a_killed_chief_ends_the_job_naming_it(tmp_path):
-    """Worker 0 scores the model and writes the records: SIGKILLed, the job stops its other workers and its
-    servers and ends with the chief's exit code."""
-    proc, addresses, out, err = kill_after_an_epoch(tmp_path, 0, ["--epochs", "100", "--update", "async"])
-    assert proc.returncode == 137, out[-3000:] + err[-3000:]
-    assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 137; stopping " \
-           "the other workers" in err
-    assert gone(running_servers, addresses) and gone(training_processes, addresses)
-
-
-def test_a_restarted_worker_is_refused_and_a_stopped_job_takes_its_workers_along(tmp_path):
+def test_a_restarted_worker_is_refused_and_a_killed_chief_ends_the_job_naming_it(tmp_path):
     """Worker 1 started again beside the running one (its environment copied) would wait at a meeting its peers
-    passed: it is refused at once, before it joins, and the job trains on. SIGTERM to hvdkit train then ends
-    the job, its workers and its servers."""
+    passed: it is refused at once, before it joins, and the job trains on. Then worker 0, which scores the
+    model and writes the records, is SIGKILLed: the job stops its other worker and its servers and ends with
+    the chief's exit code."""
     proc = start(tmp_path, "--epochs", "100", "--mode", "ps", "--update", "async")
     try:
         addresses = wait_for_records(proc, tmp_path, 1)
@@ -284,12 +293,14 @@ def test_a_restarted_worker_is_refused_and_a_stopped_job_takes_its_workers_along
         assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
         assert "worker 1 came to a running job (its 2 workers had all joined)" in again.stderr
         assert proc.poll() is None and len(training_processes(addresses)) == 2
-        proc.terminate()
+        [chief] = training_processes(addresses, worker=0)
+        os.kill(chief, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "hvdkit train: stopped by SIGTERM; the job was ended" in err
+    assert proc.returncode == 137, out[-3000:] + err[-3000:]
+    assert "worker 0 (the chief: it scores the model and writes the records) ended with exit code 137; stopping " \
+           "the other workers" in err
     assert gone(running_servers, addresses) and gone(training_processes, addresses)
 
 
