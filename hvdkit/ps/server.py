@@ -40,7 +40,8 @@ class Waiter:
 
 class Server:
     def __init__(self, index, addresses, mode, *, replicate=True, checkpoint=None, checkpoint_every=0,
-                 member_timeout=10.0, replica_timeout=5.0, compression="none", key=None, exit_with=None, workers=1):
+                 member_timeout=10.0, replica_timeout=5.0, compression="none", key=None, exit_with=None, workers=1,
+                 startup_timeout=120.0):
         if not 0 <= index < len(addresses):
             raise ValueError(f"server index {index} is not in 0..{len(addresses) - 1}")
         self.index, self.addresses, self.mode = index, list(addresses), modes.parse(mode)
@@ -48,6 +49,9 @@ class Server:
         self.codec = WireCodec(compression)
         self.codec.prepare()
         self.member_timeout, self.checkpoint, self.checkpoint_every = member_timeout, checkpoint, checkpoint_every
+        # How long after the first worker joined the others the job starts with may take to join (imports, model
+        # building on a loaded machine) before the job goes on without them.
+        self.startup_timeout = max(startup_timeout, member_timeout)
         self.exit_with = exit_with
         count = len(addresses)
         self.shards = {index: Shard(index, self.mode, primary=True, expected=workers)}
@@ -70,7 +74,7 @@ class Server:
             self.link = ReplicaLink(self.context, addresses[(index + 1) % count], index, key, replica_timeout)
         self.waiters = {s: [] for s in self.shards}
         self.meetings = {}  # tag -> {worker: payload} of the workers at that meeting so far (shard 0's owner)
-        self.first_join = None  # when the first worker joined: the others the job starts with get member_timeout
+        self.first_join = None  # when the first worker joined: the others the job starts with get startup_timeout
         self.last_seen = {}
         self.counters = {"refused": 0, "bytes_in": 0, "bytes_out": 0, "messages": 0}
         self.running = True
@@ -296,10 +300,10 @@ class Server:
         for shard in self.shards.values():
             if not shard.primary or not (self.waiters[shard.index] or self.mode.name != "sync"):
                 continue
-            if len(shard.joined) < shard.expected and self.first_join and now - self.first_join > self.member_timeout:
+            if len(shard.joined) < shard.expected and self.first_join and now - self.first_join > self.startup_timeout:
                 log.warning("server %d: %d of the %d workers the job starts with joined shard %d within %.1f s; "
                             "going on without the others", self.index, len(shard.joined), shard.expected,
-                            shard.index, self.member_timeout)
+                            shard.index, self.startup_timeout)
                 shard.expected = len(shard.joined)
                 self.settle(shard, self.replicate(shard))
             # a member known only from replication or a checkpoint is timed from when this server first looks

@@ -35,8 +35,8 @@ from hvdkit.ps import launch
 from hvdkit.ps import worker as ps_worker
 from hvdkit.training import metrics
 
-__all__ = ["SERVERS_LOG", "FrameworkPart", "Place", "StepMeter", "check_checkpoint", "member_timeout", "place", "ps_fields",
-           "start_servers", "train"]
+__all__ = ["SERVERS_LOG", "FrameworkPart", "Place", "StepMeter", "check_checkpoint", "member_timeout", "place",
+           "ps_fields", "start_servers", "train"]
 
 SERVERS_LOG = "ps-servers.log"  # in --log-dir: what the servers log (start, dropped workers, failovers)
 # Seconds a worker others wait on may stay silent before the servers drop it. Generous: a worker computes
@@ -154,11 +154,12 @@ def _epoch_stats(ps, before):
 
 def ps_fields(config, gathered):
     """The parameter-server fields of an epoch's record, from the epoch stats of every worker at its end
-    (``workers``, by index: a worker that died is missing): ``worker_clocks`` (each worker's clock at the epoch's end: steps for ssp and async, the servers' step for
-    sync and backup), ``worker_staleness`` and ``worker_staleness_max`` (per answer: updates the servers
-    applied besides the worker's own between two of its pulls), ``worker_dropped`` (backup: its late updates
-    the servers dropped), and their summaries ``clock_min``, ``clock_max``, ``staleness_mean``,
-    ``staleness_max``, ``dropped_updates``, plus ``bytes_received_per_step`` (pulls, per worker and step)."""
+    (``workers``, by index: a worker that died is missing): ``worker_clocks`` (each worker's clock at the
+    epoch's end: steps for ssp and async, the servers' step for sync and backup), ``worker_staleness`` and
+    ``worker_staleness_max`` (per answer: updates the servers applied besides the worker's own between two of
+    its pulls), ``worker_dropped`` (backup: its late updates the servers dropped), and their summaries
+    ``clock_min``, ``clock_max``, ``staleness_mean``, ``staleness_max``, ``dropped_updates``, plus
+    ``bytes_received_per_step`` (pulls, per worker and step)."""
     clocks = [g["clock"] for g in gathered]
     answers = sum(g["staleness_count"] for g in gathered)
     return {

@@ -202,7 +202,8 @@ def test_killed_worker_is_dropped_and_training_goes_on(job, mode):
     applied step counted exactly; then a late worker joins and gets the current parameters."""
     job.servers(2, mode, 3, member_timeout=1.0)
     victim = job.worker("numpy-worker", 2, 20, kill_at=3, meet=True)
-    survivors = [job.worker("numpy-worker", w, 20, sleep=0.08, meet=True) for w in range(2)]  # outlast the member timeout
+    # the survivors outlast the member timeout
+    survivors = [job.worker("numpy-worker", w, 20, sleep=0.08, meet=True) for w in range(2)]
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     results = [finished(p) for p in survivors]

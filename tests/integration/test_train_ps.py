@@ -50,7 +50,8 @@ def training_processes(addresses, worker=None):
                 environ = dict(item.partition("=")[::2] for item in f.read().decode(errors="replace").split("\0"))
         except OSError:
             continue
-        if args[1:4] == ["-m", "hvdkit", "train"] and set(environ.get("HVDKIT_PS_SERVERS", "").split(",")) == set(addresses) \
+        servers = set(environ.get("HVDKIT_PS_SERVERS", "").split(","))
+        if args[1:4] == ["-m", "hvdkit", "train"] and servers == set(addresses) \
                 and worker in (None, int(environ.get("HVDKIT_PS_WORKER", -1))):
             found.append(int(pid))
     return found
@@ -156,8 +157,9 @@ def test_a_stopped_job_resumes_from_the_servers_checkpoint_as_if_never_stopped(t
     assert [r["epoch"] for r in resumed] == [2] and resumed[0]["worker_clocks"] == [3 * STEPS] * 2
     assert resumed[0]["loss"] == pytest.approx(reference[2]["loss"], rel=1e-5)
     assert resumed[0]["test_accuracy"] == reference[2]["test_accuracy"]
-    for other, message in ((["--update", "async"], "was saved by a job with --update sync; resume it with that mode"),
-                           (["--servers", "1"], "holds the shards of 2 parameter server(s); resume it with --servers 2")):
+    for other, message in (
+            (["--update", "async"], "was saved by a job with --update sync; resume it with that mode"),
+            (["--servers", "1"], "holds the shards of 2 parameter server(s); resume it with --servers 2")):
         refused = run_hvdkit(["train", "--log-dir", str(tmp_path / "refused"), *FLAGS, "--mode", "ps", *other,
                               "--checkpoint", str(tmp_path / "ckpt")], timeout=60)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
