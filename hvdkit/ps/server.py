@@ -120,6 +120,12 @@ class Server:
         self.reply(ident, {"op": "result", "rid": rid, "shard": shard.index, "clock": clock, "leader": shard.leader(),
                            "mirror": self.wants_mirror(shard), "updates": shard.updates, "enc": meta}, frames, after)
 
+    def take_mirror(self, shard, params):
+        """sync: a worker's ``params`` at the step being gathered become the servers' copy (for joining workers
+        and checkpoints), on the replica too; the replication sequence number replies must wait for."""
+        shard.params, shard.mirror_clock = np.array(params, dtype=np.float32), shard.round
+        return self.replicate(shard, ["mirror"], [shard.params])
+
     def wants_mirror(self, shard):
         """sync: whether the leader should send its parameters with its next push: a joining worker waits for
         them, or the next step's checkpoint will save them (otherwise the servers' copy may lag)."""
@@ -186,8 +192,7 @@ class Server:
     def on_leave(self, ident, rid, shard, header, arrays):
         shard.leave(header["w"], pause=bool(header.get("pause")))
         if arrays and self.mode.name == "sync" and header["clock"] == shard.round:
-            shard.params, shard.mirror_clock = np.array(arrays[0], dtype=np.float32), shard.round
-            self.settle(shard, self.replicate(shard, ["mirror"], [shard.params]))
+            self.settle(shard, self.take_mirror(shard, arrays[0]))
         else:
             self.settle(shard, self.replicate(shard))
         self.reply(ident, {"op": "bye", "rid": rid})
@@ -233,11 +238,8 @@ class Server:
         sender's parameters first (the servers' copy may be older)."""
         if not self.checkpoint:
             raise ValueError(f"server {self.index} was started without a checkpoint directory")
-        if arrays and self.mode.name == "sync":
-            shard.params, shard.mirror_clock = np.array(arrays[0], dtype=np.float32), shard.round
         shard.epoch = int(header["epoch"])
-        after = self.replicate(shard, ["mirror"] if arrays and self.mode.name == "sync" else [],
-                               [shard.params] if arrays and self.mode.name == "sync" else [])
+        after = self.take_mirror(shard, arrays[0]) if arrays and self.mode.name == "sync" else self.replicate(shard)
         store.save(self.checkpoint, shard.index, shard.updates, shard.checkpoint_payload())
         self.saved[shard.index] = shard.updates
         self.reply(ident, {"op": "saved", "rid": rid, "updates": shard.updates}, (), after)

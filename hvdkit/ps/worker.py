@@ -120,6 +120,11 @@ class PSWorker:
             self.clock = self.steps
         return params
 
+    def _mirror(self, params):
+        """sync: ``params`` cut into the shards, to become the servers' copy; None in the delta modes (the
+        servers hold the parameters there) or without ``params``."""
+        return self._shards(params) if params is not None and self.mode.pushes_gradients else None
+
     def job_started(self):
         """Whether the workers the job starts with have all joined already: a worker asking before its first
         ``join`` would join a running job (as a new worker, or as a restarted one)."""
@@ -138,7 +143,7 @@ class PSWorker:
         """Have every server checkpoint its shards now, as of ``epoch`` epochs of the job done (servers started
         with a checkpoint directory); a restarted job's ``join`` then reports that epoch. sync: ``params``, this
         worker's parameters, are what is saved. Returns the servers' update count per shard."""
-        parts = self._shards(params) if params is not None and self.mode.pushes_gradients else None
+        parts = self._mirror(params)
         answers = self.client.call({s: ({"op": "save", "epoch": int(epoch)}, [parts[s]] if parts else [])
                                     for s in range(len(self.edges) - 1)})
         return [answers[s][0]["updates"] for s in sorted(answers)]
@@ -156,7 +161,7 @@ class PSWorker:
         self._leave(params, pause=True)
 
     def _leave(self, params, pause):
-        parts = self._shards(params) if params is not None and self.mode.pushes_gradients else None
+        parts = self._mirror(params)
         self.client.call({s: ({"op": "leave", "clock": self.clock, "pause": pause}, [parts[s]] if parts else [])
                           for s in range(len(self.edges) - 1)})
 

@@ -25,6 +25,7 @@ __all__ = ["RULES", "validate", "value"]
 
 RANKS_PER_NODE = "HVDKIT_RANKS_PER_NODE"
 ABORT_ON_EXCEPTION = "HVDKIT_ABORT_ON_EXCEPTION"  # read by hvdkit.runtime.abort
+PS_MEMBER_TIMEOUT = "HVDKIT_PS_MEMBER_TIMEOUT"  # read by hvdkit.training.ps_loop
 TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"  # hvdkit.runtime.tf_log sets a default
 CPU_ISAS = ("avx512", "avx2", "scalar")  # csrc/cpu/isa: the kernel tables a build may contain
 
@@ -82,6 +83,8 @@ RULES = {
     # hvdkit's own
     RANKS_PER_NODE: _rule(int, "a positive integer that divides the number of ranks", lambda v: v >= 1),
     "HVDKIT_CPU_ISA": _choice(*CPU_ISAS, exact_case=True),
+    PS_MEMBER_TIMEOUT: _rule(_number, "a number of seconds > 0 (how long the parameter servers wait for a silent "
+                                      "worker before they drop it)", lambda v: v > 0),
     ABORT_ON_EXCEPTION: _choice("1", "0", valid="1 (the default: an uncaught exception on a rank aborts the job) "
                                                 "or 0 (leave it to Python and Horovod)"),
     # TensorFlow (tsl/platform/default/logging.cc reads it with istringstream: a typo silently means 0)

@@ -33,6 +33,7 @@ import sys
 from hvdkit.errors import UsageError
 from hvdkit.ps import launch
 from hvdkit.ps import worker as ps_worker
+from hvdkit.runtime import env_check
 from hvdkit.training import metrics
 
 __all__ = ["SERVERS_LOG", "FrameworkPart", "Place", "StepMeter", "check_checkpoint", "member_timeout", "place",
@@ -43,7 +44,6 @@ SERVERS_LOG = "ps-servers.log"  # in --log-dir: what the servers log (start, dro
 # a step without a word to the servers (a large model's step on a busy CPU), and a dropped sync worker
 # cannot come back. HVDKIT_PS_MEMBER_TIMEOUT replaces it.
 MEMBER_TIMEOUT = 30.0
-MEMBER_TIMEOUT_ENV = "HVDKIT_PS_MEMBER_TIMEOUT"
 # Set by hvdkit train for workers launched one by one: the job's worker count and its hosts. Unset, the
 # workers are the ranks of one launch, and Horovod knows both.
 WORKERS_ENV, NODES_ENV = "HVDKIT_PS_WORKERS", "HVDKIT_PS_NODES"
@@ -92,18 +92,10 @@ def check_checkpoint(config):
 
 
 def member_timeout(environ=os.environ):
-    """``HVDKIT_PS_MEMBER_TIMEOUT`` (seconds > 0), or ``MEMBER_TIMEOUT``; ValueError naming a bad value."""
-    text = environ.get(MEMBER_TIMEOUT_ENV)
-    if not text:
-        return MEMBER_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{MEMBER_TIMEOUT_ENV}={text!r}: give the seconds a silent worker is waited for, a "
-                         f"number > 0 (default {MEMBER_TIMEOUT:g})")
-    return value
+    """``HVDKIT_PS_MEMBER_TIMEOUT`` (checked with the other variables: ``hvdkit.runtime.env_check``), or
+    ``MEMBER_TIMEOUT``."""
+    value = env_check.value(env_check.PS_MEMBER_TIMEOUT, environ)
+    return MEMBER_TIMEOUT if value is None else value
 
 
 def place(topology, environ=os.environ):
